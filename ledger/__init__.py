@@ -1,0 +1,1 @@
+"""Ledger: double-entry token accounts and transfers, holds, idempotency, batching, audit."""

@@ -1,0 +1,7 @@
+"""REST routes: one module per resource. `ROUTERS` is what the app mounts and documents."""
+
+from server.routing import Router
+
+from . import meta
+
+ROUTERS: list[Router] = [meta.router]

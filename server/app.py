@@ -1,0 +1,83 @@
+"""The application factory: services, middlewares, routes, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from . import appkeys
+from .db import create_pool
+from .errors import ApiError
+from .migrator import migrate
+from .ratelimit import MemoryLimiter
+from .routing import json_response
+from .settings import Settings
+
+log = logging.getLogger("greenroom.http")
+
+Ctx = Callable[[web.Application], AsyncIterator[None]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Turn every failure into the one error shape; a 500 never leaks internals."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request[appkeys.REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        headers = dict(exc.headers or {})
+        response = json_response(exc.body(), status=exc.status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(exc.status, "BAD_REQUEST")
+        message = {404: "no such endpoint", 405: f"method {request.method} not allowed here",
+                   413: "request body too large"}.get(exc.status, exc.reason)
+        response = json_response({"error": {"code": code, "message": message}}, status=exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        response = json_response({"error": {"code": "INTERNAL_ERROR", "message": "internal error",
+                                            "details": {"request_id": request_id}}}, status=500)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def create_app(settings: Settings, dsn: str) -> web.Application:
+    """Build the application for one worker; `dsn` is the resolved PostgreSQL DSN."""
+    from rest import ROUTERS
+
+    from .routing import mount
+
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.STARTED_AT] = time.time()
+    app[appkeys.BACKGROUND] = []
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(dsn, settings)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        app[appkeys.DB] = pool
+        yield
+        await asyncio.wait_for(pool.close(), timeout=settings.shutdown_timeout_s)
+
+    async def limiter(app: web.Application) -> AsyncIterator[None]:
+        app[appkeys.LIMITER] = MemoryLimiter()
+        yield
+        await app[appkeys.LIMITER].close()
+
+    contexts: list[Ctx] = [database, limiter]
+    app.cleanup_ctx.extend(contexts)
+    mount(app, ROUTERS)
+    return app

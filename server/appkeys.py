@@ -1,0 +1,34 @@
+"""Typed keys for the services an application holds (aiohttp AppKey)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiohttp import web
+
+from .identity import Authenticator
+from .limits import Limiter
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", asyncpg.Pool)
+REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis | None; object keeps AppKey runtime-checkable
+AUTH = web.AppKey("authenticator", Authenticator)
+LIMITER = web.AppKey("limiter", Limiter)
+STARTED_AT = web.AppKey("started_at", float)
+# Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
+BACKGROUND = web.AppKey("background", list)
+
+
+def redis_of(app: web.Application) -> Redis | None:
+    client: Any = app.get(REDIS)
+    return client
+
+# Per-request values set by the middleware and the route wrapper.
+REQUEST_ID = web.RequestKey("request_id", str)
+ROUTE = web.RequestKey("route", str)
+IDENTITY = web.RequestKey("identity", object)  # Identity | None

@@ -1,0 +1,1 @@
+"""Commands contributed by other parts (users, demo, audit) register on import here."""

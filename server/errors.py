@@ -1,0 +1,55 @@
+"""The one error shape for REST and socket: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# HTTP status for each code the server emits; the socket uses the same codes.
+STATUS: dict[str, int] = {
+    "BAD_REQUEST": 400,
+    "MALFORMED_JSON": 400,
+    "VALIDATION_ERROR": 422,
+    "AUTHENTICATION_REQUIRED": 401,
+    "INVALID_TOKEN": 401,
+    "TOKEN_EXPIRED": 401,
+    "INVALID_CREDENTIALS": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "CONFLICT": 409,
+    "IDEMPOTENCY_KEY_REUSED": 409,
+    "PAYLOAD_TOO_LARGE": 413,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "INSUFFICIENT_BALANCE": 409,
+    "RATE_LIMIT_EXCEEDED": 429,
+    "OVERLOADED": 503,
+    "UNAVAILABLE": 503,
+    "INTERNAL_ERROR": 500,
+}
+
+
+class ApiError(Exception):
+    """A refusal with a stable code; becomes the error shape on REST and socket."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None,
+                 details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else STATUS.get(code, 400)
+        self.details = details
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            err["details"] = self.details
+        return {"error": err}
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError("NOT_FOUND", f"{what} not found")
+
+
+def forbidden(message: str = "you may not do this") -> ApiError:
+    return ApiError("PERMISSION_DENIED", message)

@@ -1,0 +1,248 @@
+"""Route declarations: each REST route states its schema, who may call it and its rate category.
+
+A `Router` collects declarations; the app factory mounts them and the OpenAPI document is built
+from the very same declarations, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import appkeys
+from .errors import ApiError
+from .identity import Identity, Role, bearer_token
+from .limits import Category, budget
+
+AuthMode = Literal["public", "optional", "user"]
+B = TypeVar("B")
+
+
+class Schema(BaseModel):
+    """Base of every request schema: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Empty(Schema):
+    pass
+
+
+@dataclass(slots=True)
+class Call(Generic[B]):
+    """What a handler receives: the request, its validated body and query, and the caller."""
+
+    request: web.Request
+    body: B
+    query: Any
+    identity: Identity | None
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    @property
+    def user(self) -> Identity:
+        assert self.identity is not None, "route declared auth='user' guarantees an identity"
+        return self.identity
+
+    def param(self, name: str) -> str:
+        return self.request.match_info[name]
+
+
+Handler = Callable[[Call[Any]], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tags: tuple[str, ...]
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    auth: AuthMode
+    roles: tuple[Role, ...]
+    rate: Category
+    idempotent: bool
+    list_response: bool
+    raw_body: bool
+
+
+@dataclass
+class Router:
+    """A group of routes, usually one module's; `tag` names them in the OpenAPI document."""
+
+    tag: str
+    routes: list[Route] = field(default_factory=list)
+
+    def route(self, method: str, path: str, *, summary: str, body: type[BaseModel] | None = None,
+              query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
+              status: int = 200, auth: AuthMode = "user", roles: Sequence[Role] = (),
+              rate: Category = "general", idempotent: bool = False, list_response: bool = False,
+              raw_body: bool = False) -> Callable[[Handler], Handler]:
+        """Declare a route. `roles` empty means any authenticated role (when auth='user').
+
+        `raw_body=True` hands the handler the unparsed bytes in `call.body` (webhooks whose
+        signature covers the exact bytes).
+        """
+
+        def decorate(handler: Handler) -> Handler:
+            self.routes.append(Route(method.upper(), path, handler, summary, (self.tag,), body, query,
+                                     response, status, auth, tuple(roles), rate, idempotent,
+                                     list_response, raw_body))
+            return handler
+
+        return decorate
+
+    def get(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kw)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def ok(data: Any, *, status: int = 200, meta: dict[str, Any] | None = None,
+       headers: dict[str, str] | None = None) -> web.Response:
+    """The success shape: {"data": ..., "meta": {...}}."""
+    return json_response({"data": data, "meta": meta or {}}, status=status, headers=headers)
+
+
+def page_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
+    pages = (total + per_page - 1) // per_page if per_page else 0
+    return {"page": page, "per_page": per_page, "total": total, "pages": pages}
+
+
+def validation_details(exc: ValidationError) -> dict[str, Any]:
+    errors = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        errors.append({"field": loc or "(body)", "issue": err["msg"]})
+    return {"errors": errors}
+
+
+def client_ip(request: web.Request) -> str:
+    if request.app[appkeys.SETTINGS].trust_forwarded_for:
+        fwd = request.headers.get("X-Forwarded-For")
+        if fwd:
+            return fwd.split(",")[0].strip()
+    return request.remote or "unknown"
+
+
+def identify(request: web.Request, mode: AuthMode) -> Identity | None:
+    token = bearer_token(request)
+    if token is None:
+        if mode == "user":
+            raise ApiError("AUTHENTICATION_REQUIRED", "this endpoint needs a bearer access token")
+        return None
+    if mode == "public":
+        return None
+    return request.app[appkeys.AUTH].authenticate(token)
+
+
+async def _rate_limit(request: web.Request, route: Route, identity: Identity | None) -> dict[str, str]:
+    if route.rate == "none":
+        return {}
+    settings = request.app[appkeys.SETTINGS]
+    category: Category = route.rate
+    if route.rate == "auth":
+        key = f"auth:{client_ip(request)}"
+    elif identity is None:
+        category = "anonymous"
+        key = f"anonymous:{client_ip(request)}"
+    else:
+        key = f"{category}:{identity.user_id}"
+    decision = await request.app[appkeys.LIMITER].hit(key, budget(settings, category))
+    headers = decision.headers()
+    if not decision.allowed:
+        headers["Retry-After"] = str(max(1, int(decision.retry_after_s + 0.999)))
+        raise ApiError("RATE_LIMIT_EXCEEDED", f"too many {category} requests; retry later",
+                       details={"category": category, "retry_after_s": round(decision.retry_after_s, 3)},
+                       headers=headers)
+    return headers
+
+
+async def _parse_body(request: web.Request, route: Route) -> Any:
+    if route.raw_body:
+        return await request.read()
+    if route.body is None:
+        return None
+    raw = await request.read()
+    if not raw.strip():
+        raw = b"{}"
+    elif request.content_type not in ("application/json", "application/octet-stream", "text/plain", ""):
+        # Browsers' simple form posts must not pass as JSON requests (CSRF-shaped traffic).
+        raise ApiError("UNSUPPORTED_MEDIA_TYPE", "request body must be application/json")
+    try:
+        return route.body.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise ApiError("MALFORMED_JSON", "request body is not valid JSON") from None
+        raise ApiError("VALIDATION_ERROR", "request body failed validation",
+                       details=validation_details(exc)) from None
+
+
+def _parse_query(request: web.Request, route: Route) -> Any:
+    if route.query is None:
+        return None
+    try:
+        return route.query.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise ApiError("VALIDATION_ERROR", "query parameters failed validation",
+                       details=validation_details(exc)) from None
+
+
+def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    from .idempotency import run_idempotent
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        request[appkeys.ROUTE] = f"{route.method} {route.path}"
+        identity = identify(request, route.auth)
+        request[appkeys.IDENTITY] = identity
+        if identity is not None and route.roles and identity.role not in route.roles:
+            raise ApiError("PERMISSION_DENIED", f"this endpoint is for: {', '.join(route.roles)}")
+        rl_headers = await _rate_limit(request, route, identity)
+        body = await _parse_body(request, route)
+        query = _parse_query(request, route)
+        call: Call[Any] = Call(request, body, query, identity)
+        if route.idempotent and request.headers.get("Idempotency-Key"):
+            response = await run_idempotent(call, route.handler)
+        else:
+            response = await route.handler(call)
+        response.headers.update(rl_headers)
+        return response
+
+    handle.__name__ = route.handler.__name__
+    return handle
+
+
+def mount(app: web.Application, routers: Sequence[Router]) -> None:
+    for router in routers:
+        for route in router.routes:
+            app.router.add_route(route.method, route.path, _wrap(route), name=None)
+

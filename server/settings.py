@@ -1,0 +1,151 @@
+"""Settings from environment variables (and CLI flags), validated once at start.
+
+Every limit the server enforces is named here, so an operator can find and tune it.
+A malformed value stops the server with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory (XDG on Linux)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "greenroom"
+
+
+class SettingsError(Exception):
+    """A setting is malformed; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GREENROOM_", extra="ignore", frozen=True,
+                                      populate_by_name=True)
+
+    # --- process -------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="Embedded PostgreSQL data, signing keys, recordings.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port (SO_REUSEPORT).")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=300,
+                                      description="Bound on draining requests and ledger batches.")
+    public_url: str = Field("", description="External base URL (for Stripe redirects); default from host/port.")
+
+    # --- services ------------------------------------------------------------------------
+    database_url: str = Field("", validation_alias="DATABASE_URL",
+                              description="PostgreSQL DSN; empty starts an embedded PostgreSQL.")
+    redis_url: str = Field("", validation_alias="REDIS_URL",
+                           description="Redis URL; empty runs single-node with in-process fan-out.")
+    db_pool_min: int = Field(2, ge=1, le=100, description="Minimum PostgreSQL connections per worker.")
+    db_pool_max: int = Field(10, ge=1, le=200, description="Maximum PostgreSQL connections per worker.")
+    db_statement_timeout_ms: int = Field(15000, ge=100, description="PostgreSQL statement_timeout.")
+
+    # --- HTTP ----------------------------------------------------------------------------
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (empty: same origin).")
+
+    # --- auth ----------------------------------------------------------------------------
+    access_token_ttl_s: int = Field(3600, ge=30, le=86400, description="Access JWT lifetime.")
+    refresh_token_ttl_s: int = Field(30 * 86400, ge=60, description="Refresh token lifetime.")
+    jwt_issuer: str = Field("greenroom", description="`iss` claim of access tokens.")
+    key_rotation_days: int = Field(30, ge=1, description="Signing keys older than this are rotated.")
+
+    # --- rate limits (requests per window) -----------------------------------------------
+    rate_auth_per_min: int = Field(10, ge=1, description="Auth attempts per IP per minute.")
+    rate_payments_per_min: int = Field(10, ge=1, description="Payment requests per user per minute.")
+    rate_tips_per_min: int = Field(60, ge=1, description="Tips per user per minute.")
+    rate_streaming_per_min: int = Field(100, ge=1, description="Stream management requests per user per minute.")
+    rate_general_per_hour: int = Field(1000, ge=1, description="Other requests per user per hour.")
+    rate_anonymous_per_min: int = Field(20, ge=1, description="Unauthenticated requests per IP per minute.")
+    trust_forwarded_for: bool = Field(False, description="Take the client IP from X-Forwarded-For.")
+
+    # --- ledger --------------------------------------------------------------------------
+    ledger_batch_max: int = Field(1000, ge=1, le=8190, description="Most transfers applied in one batch.")
+    ledger_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch collects.")
+    ledger_queue_max: int = Field(100_000, ge=1, description="Transfers queued before submit fails fast.")
+    ledger_sweep_interval_s: float = Field(1.0, gt=0, description="How often expired holds are voided.")
+    tip_fee_bps: int = Field(2000, ge=0, le=10000, description="Platform fee on tips, basis points.")
+    tip_max_tokens: int = Field(1_000_000, ge=1, description="Largest single tip.")
+    payout_min_tokens: int = Field(1000, ge=1, description="Smallest payout request.")
+    token_packs: str = Field("100:199,500:899,1000:1599,5000:6999",
+                             description="Token packs sold, `tokens:price_cents` comma-separated.")
+    currency: str = Field("usd", description="Currency of token packs.")
+    tokens_per_currency_unit: int = Field(100, ge=1, description="Conversion rate shown with balances.")
+    stripe_secret_key: str = Field("", validation_alias="STRIPE_SECRET_KEY", description="Stripe API key.")
+    stripe_webhook_secret: str = Field("", validation_alias="STRIPE_WEBHOOK_SECRET",
+                                       description="Stripe webhook signing secret.")
+    stripe_api_base: str = Field("", validation_alias="STRIPE_API_BASE",
+                                 description="Override Stripe's API address (tests, proxies).")
+
+    # --- room socket ---------------------------------------------------------------------
+    ws_auth_timeout_s: float = Field(5.0, gt=0, le=60, description="Time to send `auth` after connecting.")
+    ws_max_frame_bytes: int = Field(65_536, ge=256, description="Largest inbound socket frame.")
+    ws_max_rooms_per_conn: int = Field(16, ge=1, description="Rooms one connection may join.")
+    ws_max_conns_per_user: int = Field(8, ge=1, description="Open sockets per user.")
+    ws_outbound_max_bytes: int = Field(1_048_576, ge=4096,
+                                       description="Unsent bytes per socket before it is closed as slow.")
+    ws_heartbeat_s: float = Field(30.0, gt=0, description="Websocket ping interval.")
+    room_history_max: int = Field(1000, ge=1, description="Events kept per room for resume.")
+    room_history_ttl_s: int = Field(3600, ge=1, description="Age after which history is trimmed.")
+    viewer_count_interval_s: float = Field(1.0, gt=0, description="Most one `room.viewers` per interval.")
+    presence_ttl_s: float = Field(15.0, gt=0, description="Presence of a dead node expires after this.")
+    chat_max_chars: int = Field(500, ge=1, le=10000, description="Longest chat message.")
+    chat_rate_per_10s: int = Field(10, ge=1, description="Chat messages per user per room per 10 s.")
+    chat_retention_days: int = Field(30, ge=1, description="Chat kept in PostgreSQL this long.")
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return Path(v).expanduser() if isinstance(v, str) and v else v
+
+    @property
+    def packs(self) -> dict[int, int]:
+        """Token packs as {tokens: price_cents}."""
+        out: dict[int, int] = {}
+        for part in self.token_packs.split(","):
+            tokens, price = part.split(":")
+            out[int(tokens)] = int(price)
+        return out
+
+
+def env_name(field: str) -> str:
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    return alias if isinstance(alias, str) else f"GREENROOM_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment, apply overrides (CLI flags), validate. Raises SettingsError."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**clean)
+        settings.packs  # noqa: B018 - validates the pack list at start
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            name = env_name(field) if field in Settings.model_fields else field
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: GREENROOM_TOKEN_PACKS: {exc}") from None
+    if settings.db_pool_min > settings.db_pool_max:
+        raise SettingsError("invalid settings: GREENROOM_DB_POOL_MIN exceeds GREENROOM_DB_POOL_MAX")
+    return settings
+
+
+def settings_table() -> str:
+    """Markdown table of every setting, for the README."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = "per-user data dir" if name == "data_dir" else info.default
+        rows.append(f"| `{env_name(name)}` | `{default}` | {info.description or ''} |")
+    return "\n".join(rows)

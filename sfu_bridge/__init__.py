@@ -1,0 +1,1 @@
+"""Media: the embedded aiortc relay, recording, and the external SFU adapter."""

@@ -1,0 +1,1 @@
+"""Signaling: the room socket, protocol, hub, broker, presence and room features."""
