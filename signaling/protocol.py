@@ -64,7 +64,7 @@ class OpContext:
     def user(self) -> Identity:
         ident = self.session.identity
         assert ident is not None, "ops declared auth='user' run only for signed-in sessions"
-        return ident  # type: ignore[no-any-return]
+        return ident
 
     @property
     def room_name(self) -> str:
