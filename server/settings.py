@@ -57,6 +57,28 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: int = Field(30 * 86400, ge=60, description="Refresh token lifetime.")
     jwt_issuer: str = Field("greenroom", description="`iss` claim of access tokens.")
     key_rotation_days: int = Field(30, ge=1, description="Signing keys older than this are rotated.")
+    key_publish_delay_s: float = Field(150.0, ge=0, le=86400,
+                                       description="A new signing key is published this long before it signs "
+                                                   "(longer than key_cache_refresh_s, so every node knows it).")
+    key_cache_refresh_s: float = Field(60.0, gt=0, le=3600,
+                                       description="How often each worker reloads public keys and revocations.")
+    key_miss_reload_s: float = Field(5.0, gt=0, le=3600,
+                                     description="At most one key reload per interval on a token with an unknown kid.")
+    keys_verify_max: int = Field(16, ge=2, le=256, description="Most public keys held for verification.")
+    jwt_leeway_s: int = Field(10, ge=0, le=300, description="Clock skew tolerated on exp/nbf/iat.")
+    auth_revocations_max: int = Field(100_000, ge=1,
+                                      description="Most users whose older access tokens are held as revoked "
+                                                  "(after a role or status change).")
+    sessions_per_user_max: int = Field(50, ge=1, description="Refresh-token families (logins) kept per user.")
+    sessions_purge_batch: int = Field(1000, ge=1, description="Expired refresh tokens deleted per cleanup pass.")
+    password_min_chars: int = Field(10, ge=8, le=256, description="Shortest password accepted.")
+    password_max_chars: int = Field(256, ge=16, le=4096, description="Longest password accepted.")
+    argon2_time_cost: int = Field(3, ge=1, le=20, description="argon2id iterations.")
+    argon2_memory_kib: int = Field(65536, ge=8192, le=1_048_576, description="argon2id memory per hash (KiB).")
+    argon2_parallelism: int = Field(4, ge=1, le=16, description="argon2id lanes.")
+    password_hash_threads: int = Field(2, ge=1, le=64, description="Threads hashing passwords concurrently.")
+    password_queue_max: int = Field(64, ge=1, description="Password hashes waiting or running before 503.")
+    preferences_max_bytes: int = Field(16_384, ge=256, le=1_048_576, description="Largest preferences object (JSON).")
 
     # --- rate limits (requests per window) -----------------------------------------------
     rate_auth_per_min: int = Field(10, ge=1, description="Auth attempts per IP per minute.")
