@@ -9,12 +9,16 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
 from . import appkeys
+from .access import access_middleware
 from .db import create_pool
 from .errors import ApiError
+from .metrics import Metrics
 from .migrator import migrate
-from .ratelimit import MemoryLimiter
+from .ratelimit import MemoryLimiter, RedisLimiter
 from .routing import json_response
 from .settings import Settings
 
@@ -53,16 +57,33 @@ async def error_middleware(request: web.Request,
     return response
 
 
+async def connect_redis(settings: Settings) -> Redis:
+    """A bounded client for `REDIS_URL`; an unreachable Redis stops the start with a clear message."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_pool_max, timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s, socket_connect_timeout=settings.redis_timeout_s)
+    client = Redis.from_pool(pool)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise RuntimeError(f"REDIS_URL: cannot reach Redis: {exc}") from exc
+    return client
+
+
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """Build the application for one worker; `dsn` is the resolved PostgreSQL DSN."""
     from rest import ROUTERS
 
     from .routing import mount
 
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    # The access log is outermost so it records the status the error middleware settled on.
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[access_middleware, error_middleware])
     app[appkeys.SETTINGS] = settings
     app[appkeys.STARTED_AT] = time.time()
     app[appkeys.BACKGROUND] = []
+    app[appkeys.METRICS] = Metrics(lambda: app.get(appkeys.DB))
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings)
@@ -72,12 +93,26 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         yield
         await asyncio.wait_for(pool.close(), timeout=settings.shutdown_timeout_s)
 
+    async def redis(app: web.Application) -> AsyncIterator[None]:
+        app[appkeys.REDIS] = None
+        if not settings.redis_url:
+            yield
+            return
+        client = await connect_redis(settings)
+        app[appkeys.REDIS] = client
+        yield
+        await client.aclose()
+
     async def limiter(app: web.Application) -> AsyncIterator[None]:
-        app[appkeys.LIMITER] = MemoryLimiter()
+        memory = MemoryLimiter(settings.rate_memory_max_keys)
+        client = appkeys.redis_of(app)
+        app[appkeys.LIMITER] = RedisLimiter(client, memory) if client is not None else memory
         yield
         await app[appkeys.LIMITER].close()
 
-    contexts: list[Ctx] = [database, limiter]
+    # Torn down in reverse order, after `app.on_shutdown` (where sockets close with 1001) and after
+    # in-flight requests finished, so handlers still have their pools while they drain.
+    contexts: list[Ctx] = [database, redis, limiter]
     app.cleanup_ctx.extend(contexts)
     mount(app, ROUTERS)
     return app

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .identity import Authenticator
 from .limits import Limiter
+from .metrics import Metrics
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis | None; object keeps 
 AUTH = web.AppKey("authenticator", Authenticator)
 LIMITER = web.AppKey("limiter", Limiter)
 STARTED_AT = web.AppKey("started_at", float)
+METRICS = web.AppKey("metrics", Metrics)
 # Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
 BACKGROUND = web.AppKey("background", list)
 

@@ -47,10 +47,15 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(2, ge=1, le=100, description="Minimum PostgreSQL connections per worker.")
     db_pool_max: int = Field(10, ge=1, le=200, description="Maximum PostgreSQL connections per worker.")
     db_statement_timeout_ms: int = Field(15000, ge=100, description="PostgreSQL statement_timeout.")
+    redis_timeout_s: float = Field(1.0, gt=0, le=30,
+                                   description="Bound on connecting to Redis and on one Redis command.")
+    redis_pool_max: int = Field(64, ge=2, le=10000, description="Most Redis connections per worker.")
+    health_timeout_s: float = Field(2.0, gt=0, le=30, description="Bound on each dependency check of /health.")
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (empty: same origin).")
+    access_log: bool = Field(True, description="Log one JSON line per HTTP request.")
 
     # --- auth ----------------------------------------------------------------------------
     access_token_ttl_s: int = Field(3600, ge=30, le=86400, description="Access JWT lifetime.")
@@ -87,6 +92,8 @@ class Settings(BaseSettings):
     rate_streaming_per_min: int = Field(100, ge=1, description="Stream management requests per user per minute.")
     rate_general_per_hour: int = Field(1000, ge=1, description="Other requests per user per hour.")
     rate_anonymous_per_min: int = Field(20, ge=1, description="Unauthenticated requests per IP per minute.")
+    rate_memory_max_keys: int = Field(100_000, ge=100,
+                                      description="Budgets one process keeps in memory (least recent evicted).")
     trust_forwarded_for: bool = Field(False, description="Take the client IP from X-Forwarded-For.")
 
     # --- ledger --------------------------------------------------------------------------
