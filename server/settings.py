@@ -129,6 +129,14 @@ class Settings(BaseSettings):
     chat_max_chars: int = Field(500, ge=1, le=10000, description="Longest chat message.")
     chat_rate_per_10s: int = Field(10, ge=1, description="Chat messages per user per room per 10 s.")
     chat_retention_days: int = Field(30, ge=1, description="Chat kept in PostgreSQL this long.")
+    chat_purge_interval_s: float = Field(3600.0, gt=0, description="How often expired chat is purged.")
+    chat_purge_batch: int = Field(5000, ge=1, le=100_000, description="Rows deleted per purge statement.")
+    chat_purge_max_batches: int = Field(100, ge=1, description="Purge statements per pass (the rest waits).")
+    room_moderators_max: int = Field(50, ge=1, description="Moderators one room may have.")
+    room_mute_max_s: int = Field(7 * 86400, ge=1, description="Longest mute.")
+    room_ban_max_s: int = Field(365 * 86400, ge=1, description="Longest timed ban (omit the duration: permanent).")
+    room_slow_mode_max_s: int = Field(3600, ge=1, description="Longest slow-mode interval between messages.")
+    streams_open_max_per_host: int = Field(10, ge=1, description="Streams a host may have not yet ended.")
 
     @field_validator("data_dir", mode="before")
     @classmethod
