@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from . import appkeys
 from .access import access_middleware
+from .auth import auth_context
 from .db import create_pool
 from .errors import ApiError
 from .metrics import Metrics
@@ -112,7 +113,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     # Torn down in reverse order, after `app.on_shutdown` (where sockets close with 1001) and after
     # in-flight requests finished, so handlers still have their pools while they drain.
-    contexts: list[Ctx] = [database, redis, limiter]
+    contexts: list[Ctx] = [database, auth_context, redis, limiter]
     app.cleanup_ctx.extend(contexts)
     mount(app, ROUTERS)
     return app
