@@ -137,6 +137,23 @@ class Settings(BaseSettings):
     room_ban_max_s: int = Field(365 * 86400, ge=1, description="Longest timed ban (omit the duration: permanent).")
     room_slow_mode_max_s: int = Field(3600, ge=1, description="Longest slow-mode interval between messages.")
     streams_open_max_per_host: int = Field(10, ge=1, description="Streams a host may have not yet ended.")
+    broker_max_channels: int = Field(100_000, ge=1, description=(
+        "Room streams the in-process broker keeps; beyond it the least recently used is dropped "
+        "(its next use starts a new epoch, so old positions stop resuming)."))
+    broker_idempotency_max_keys: int = Field(100_000, ge=1, description=(
+        "Publish idempotency keys the in-process broker remembers (each up to 300 s); the oldest "
+        "beyond it are forgotten."))
+    broker_subscribe_timeout_s: float = Field(5.0, gt=0, le=60,
+                                              description="How long a room subscription waits for Redis.")
+    broker_reconnect_max_s: float = Field(5.0, gt=0, le=300,
+                                          description="Longest pause between Redis pub/sub reconnect attempts.")
+    broker_ping_interval_s: float = Field(5.0, gt=0, le=300, description=(
+        "Redis pub/sub ping interval; no answer for 3 intervals counts as a dead connection."))
+    presence_refresh_batch: int = Field(500, ge=1, le=10_000,
+                                        description="Presence entries refreshed per Redis call in a heartbeat.")
+    presence_purge_batch: int = Field(1000, ge=1, le=100_000,
+                                      description="Expired presence entries dropped per Redis call.")
+    presence_members_max: int = Field(1000, ge=1, le=100_000, description="Most members one presence listing returns.")
 
     @field_validator("data_dir", mode="before")
     @classmethod
