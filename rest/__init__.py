@@ -2,6 +2,6 @@
 
 from server.routing import Router
 
-from . import meta
+from . import auth, health, meta, users
 
-ROUTERS: list[Router] = [meta.router]
+ROUTERS: list[Router] = [meta.router, health.router, auth.router, users.router]

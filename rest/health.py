@@ -1,0 +1,139 @@
+"""Health, metrics and status: what load balancers, Prometheus and operators read.
+
+`/health` answers 503 only when PostgreSQL is unreachable (nothing durable works without it);
+a failing Redis makes the node `degraded` but it keeps serving (rate limits fall back to memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+
+from server import __version__, appkeys
+from server.routing import Call, Router, ok
+
+router = Router("monitoring")
+
+ServiceState = Literal["healthy", "unhealthy", "disabled"]
+
+
+class ServiceHealth(BaseModel):
+    status: ServiceState
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    timestamp: str
+    version: str
+    uptime_s: float
+    services: dict[str, ServiceHealth]
+
+
+class StatusCounts(BaseModel):
+    open_sockets: int
+    db_pool_size: int
+    db_pool_in_use: int
+    ledger_queue_depth: int
+
+
+class Status(BaseModel):
+    version: str
+    uptime_s: float
+    started_at: str
+    mode: Literal["single-node", "redis"]
+    workers: int
+    pid: int
+    counts: StatusCounts
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _uptime(app: web.Application) -> float:
+    return round(time.time() - app[appkeys.STARTED_AT], 3)
+
+
+async def _probe_postgres(app: web.Application) -> ServiceHealth:
+    timeout = app[appkeys.SETTINGS].health_timeout_s
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout), app[appkeys.DB].acquire() as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:  # whatever breaks the probe (asyncpg has several roots) means unhealthy
+        return ServiceHealth(status="unhealthy", error=type(exc).__name__)
+    return ServiceHealth(status="healthy", latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+async def _probe_redis(app: web.Application) -> ServiceHealth:
+    client = appkeys.redis_of(app)
+    if client is None:
+        return ServiceHealth(status="disabled")
+    timeout = app[appkeys.SETTINGS].health_timeout_s
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await client.ping()
+    except (OSError, TimeoutError, RedisError) as exc:
+        return ServiceHealth(status="unhealthy", error=type(exc).__name__)
+    return ServiceHealth(status="healthy", latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+async def _health(call: Call[None]) -> web.StreamResponse:
+    app = call.app
+    postgres, redis = await asyncio.gather(_probe_postgres(app), _probe_redis(app))
+    if postgres.status != "healthy":
+        state: Literal["ok", "degraded", "down"] = "down"
+    elif redis.status == "unhealthy":
+        state = "degraded"
+    else:
+        state = "ok"
+    report = Health(status=state, timestamp=_iso(time.time()), version=__version__, uptime_s=_uptime(app),
+                    services={"postgresql": postgres, "redis": redis})
+    return ok(report.model_dump(exclude_none=True), status=503 if state == "down" else 200)
+
+
+@router.get("/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
+            response=Health, auth="public", rate="none")
+async def health(call: Call[None]) -> web.StreamResponse:
+    return await _health(call)
+
+
+@router.get("/v1/monitoring/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
+            response=Health, auth="public", rate="none")
+async def monitoring_health(call: Call[None]) -> web.StreamResponse:
+    return await _health(call)
+
+
+@router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition)",
+            auth="public", rate="none")
+async def metrics(call: Call[None]) -> web.StreamResponse:
+    body, content_type = call.app[appkeys.METRICS].render(call.request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+@router.get("/v1/status", summary="Version, uptime, mode and live counts of the worker that answers",
+            response=Status, auth="public", rate="none")
+async def status(call: Call[None]) -> web.StreamResponse:
+    app = call.app
+    settings = app[appkeys.SETTINGS]
+    pool = app.get(appkeys.DB)
+    metrics = app[appkeys.METRICS]
+    size = pool.get_size() if pool is not None else 0
+    counts = StatusCounts(open_sockets=metrics.open_websockets, db_pool_size=size,
+                          db_pool_in_use=size - pool.get_idle_size() if pool is not None else 0,
+                          ledger_queue_depth=metrics.ledger_queue_depth)
+    report: dict[str, Any] = Status(
+        version=__version__, uptime_s=_uptime(app), started_at=_iso(app[appkeys.STARTED_AT]),
+        mode="redis" if appkeys.redis_of(app) is not None else "single-node", workers=settings.workers,
+        pid=os.getpid(), counts=counts).model_dump()
+    return ok(report)
