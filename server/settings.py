@@ -154,6 +154,14 @@ class Settings(BaseSettings):
     presence_purge_batch: int = Field(1000, ge=1, le=100_000,
                                       description="Expired presence entries dropped per Redis call.")
     presence_members_max: int = Field(1000, ge=1, le=100_000, description="Most members one presence listing returns.")
+    ws_volatile_drop_bytes: int = Field(65_536, ge=1024, description=(
+        "Unsent bytes per socket above which volatile events (viewer counts) are dropped, not queued."))
+    ws_join_backlog_max: int = Field(1000, ge=1, description=(
+        "Live events held per joining socket while its history is read; beyond it the socket is closed as slow."))
+    ws_close_timeout_s: float = Field(2.0, gt=0, le=60, description=(
+        "How long a closing socket may take to send its close frame before its buffer is dropped."))
+    hub_gap_buffer_max: int = Field(1000, ge=1, description=(
+        "Live events a room holds on a node while a gap in pub/sub delivery is filled from history."))
 
     @field_validator("data_dir", mode="before")
     @classmethod
