@@ -26,6 +26,10 @@ STATUS: dict[str, int] = {
     "INSUFFICIENT_BALANCE": 409,
     "RATE_LIMIT_EXCEEDED": 429,
     "SLOW_MODE": 429,
+    "UNKNOWN_OP": 400,  # socket: no such op
+    "NOT_JOINED": 409,  # socket: the op names a room this connection has not joined
+    "ALREADY_JOINED": 409,  # socket: join for a room already joined (leave first to rejoin)
+    "TOO_MANY_ROOMS": 429,  # socket: over `ws_max_rooms_per_conn`
     "OVERLOADED": 503,
     "UNAVAILABLE": 503,
     "INTERNAL_ERROR": 500,
