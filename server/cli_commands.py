@@ -1,1 +1,3 @@
 """Commands contributed by other parts (users, demo, audit) register on import here."""
+
+from . import cli_users  # noqa: F401  (users create, keys rotate|list)

@@ -1,0 +1,168 @@
+"""Auth: register, login, refresh, logout, the caller's own account, and the JWKS."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
+
+from server import appkeys, sessions, users
+from server.errors import ApiError, forbidden
+from server.routing import Call, Router, Schema, json_response, ok
+from server.settings import Settings
+from server.tokens import token_service
+
+router = Router("auth")
+
+PASSWORD_INPUT_MAX = 4096  # the policy's own maximum is a setting; this bounds what is hashed at login
+TOKEN_INPUT_MAX = 512
+
+
+class UserOut(BaseModel):
+    """An account as its owner and admins see it."""
+
+    id: str
+    email: str
+    display_name: str
+    username: str | None
+    role: Literal["viewer", "performer", "admin"]
+    status: Literal["active", "suspended", "banned"]
+    country: str | None
+    date_of_birth: dt.date | None
+    profile_image_url: str | None
+    bio: str | None
+    email_verified: bool
+    created_at: str
+    updated_at: str
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    refresh_expires_in: int = Field(description="Seconds until the refresh token expires unless used.")
+    user: UserOut
+
+
+class LogoutOut(BaseModel):
+    logged_out: bool
+
+
+class RegisterBody(Schema):
+    email: str = Field(max_length=users.EMAIL_MAX)
+    password: str = Field(max_length=PASSWORD_INPUT_MAX)
+    display_name: str = Field(max_length=users.DISPLAY_NAME_MAX * 4)
+    username: str | None = None
+    role: Literal["viewer", "performer", "admin"] = Field(
+        "viewer", description="`admin` is refused here: admins are made by the CLI or another admin.")
+    country: str | None = None
+    date_of_birth: dt.date | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        return users.check_email(v)
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, v: str) -> str:
+        return users.check_display_name(v)
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        return users.check_username(v) if v is not None else None
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, v: str | None) -> str | None:
+        return users.check_country(v) if v is not None else None
+
+    @field_validator("date_of_birth")
+    @classmethod
+    def _dob(cls, v: dt.date | None) -> dt.date | None:
+        return users.check_date_of_birth(v) if v is not None else None
+
+
+class LoginBody(Schema):
+    # Not format-checked: a malformed email must fail exactly like an unknown one.
+    email: str = Field(max_length=1024)
+    password: str = Field(max_length=PASSWORD_INPUT_MAX)
+
+
+class RefreshBody(Schema):
+    refresh_token: str = Field(min_length=1, max_length=TOKEN_INPUT_MAX)
+
+
+def token_json(settings: Settings, session: sessions.Session, user: users.User) -> dict[str, Any]:
+    return {"access_token": session.access_token, "refresh_token": session.refresh_token,
+            "token_type": "Bearer", "expires_in": settings.access_token_ttl_s,
+            "refresh_expires_in": settings.refresh_token_ttl_s, "user": user.private()}
+
+
+@router.post("/v1/auth/register", summary="Create an account (viewer or performer) and log in",
+             body=RegisterBody, response=TokenOut, status=201, auth="public", rate="auth")
+async def register(call: Call[RegisterBody]) -> web.StreamResponse:
+    b = call.body
+    if b.role == "admin":
+        raise forbidden("admin accounts are created with the CLI or by an admin")
+    settings = call.app[appkeys.SETTINGS]
+    pool = call.app[appkeys.DB]
+    user = await users.create_user(pool, settings, email=b.email, password=b.password, display_name=b.display_name,
+                                   role=b.role, username=b.username, country=b.country,
+                                   date_of_birth=b.date_of_birth)
+    session = await sessions.start_session(pool, token_service(call.app), user.id, user.role)
+    return ok(token_json(settings, session, user), status=201)
+
+
+@router.post("/v1/auth/login", summary="Exchange email and password for tokens",
+             body=LoginBody, response=TokenOut, auth="public", rate="auth")
+async def login(call: Call[LoginBody]) -> web.StreamResponse:
+    settings = call.app[appkeys.SETTINGS]
+    pool = call.app[appkeys.DB]
+    user = await users.authenticate_password(pool, settings, call.body.email, call.body.password)
+    session = await sessions.start_session(pool, token_service(call.app), user.id, user.role)
+    return ok(token_json(settings, session, user))
+
+
+@router.post("/v1/auth/refresh", summary="Spend a refresh token for a new token pair (rotation)",
+             body=RefreshBody, response=TokenOut, auth="public", rate="auth")
+async def refresh(call: Call[RefreshBody]) -> web.StreamResponse:
+    pool = call.app[appkeys.DB]
+    session = await sessions.refresh_session(pool, token_service(call.app), call.body.refresh_token)
+    user = await users.get_user(pool, session.user_id)
+    return ok(token_json(call.app[appkeys.SETTINGS], session, user))
+
+
+@router.post("/v1/auth/logout", summary="Revoke the session of this refresh token (and its rotations)",
+             body=RefreshBody, response=LogoutOut, auth="public", rate="auth")
+async def logout(call: Call[RefreshBody]) -> web.StreamResponse:
+    # Answers alike for a live and an unknown token (revocation is idempotent, RFC 7009).
+    await sessions.end_session(call.app[appkeys.DB], call.body.refresh_token)
+    return ok({"logged_out": True})
+
+
+async def _me(call: Call[None]) -> web.StreamResponse:
+    user = await users.find_user(call.app[appkeys.DB], call.user.user_id)
+    if user is None:
+        raise ApiError("INVALID_TOKEN", "the account of this token no longer exists")
+    return ok(user.private())
+
+
+@router.get("/v1/auth/me", summary="The caller's account", response=UserOut)
+async def auth_me(call: Call[None]) -> web.StreamResponse:
+    return await _me(call)
+
+
+@router.get("/v1/me", summary="The caller's account", response=UserOut)
+async def me(call: Call[None]) -> web.StreamResponse:
+    return await _me(call)
+
+
+@router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)",
+            auth="public", rate="none")
+async def jwks(call: Call[None]) -> web.StreamResponse:
+    return json_response(token_service(call.app).jwks(), headers={"Cache-Control": "public, max-age=60"})

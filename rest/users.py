@@ -1,0 +1,138 @@
+"""Users: profiles (own and others'), profile edits, preferences."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, JsonValue, RootModel, field_validator, model_validator
+
+from server import appkeys, users
+from server.errors import not_found
+from server.routing import Call, Router, Schema, ok
+from server.tokens import token_service
+
+from .auth import UserOut
+
+router = Router("users")
+
+
+class PublicUserOut(BaseModel):
+    """An account as other users see it (owners and admins get every field of `UserOut`)."""
+
+    id: str
+    display_name: str
+    username: str | None
+    role: Literal["viewer", "performer", "admin"]
+    profile_image_url: str | None
+    bio: str | None
+    created_at: str
+
+
+class UserPatch(Schema):
+    """Fields to change; absent fields stay, `null` clears an optional one. role, status,
+    email_verified and date_of_birth are for admins."""
+
+    display_name: str | None = Field(None, max_length=users.DISPLAY_NAME_MAX * 4)
+    username: str | None = None
+    bio: str | None = Field(None, max_length=users.BIO_MAX)
+    profile_image_url: str | None = Field(None, max_length=users.URL_MAX)
+    avatar_url: str | None = Field(None, max_length=users.URL_MAX, description="Alias of profile_image_url.")
+    country: str | None = None
+    role: Literal["viewer", "performer", "admin"] | None = None
+    status: Literal["active", "suspended", "banned"] | None = None
+    email_verified: bool | None = None
+    date_of_birth: dt.date | None = None
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, v: str | None) -> str | None:
+        return users.check_display_name(v) if v is not None else None
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        return users.check_username(v) if v is not None else None
+
+    @field_validator("bio")
+    @classmethod
+    def _bio(cls, v: str | None) -> str | None:
+        return users.check_bio(v) if v is not None else None
+
+    @field_validator("profile_image_url", "avatar_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return users.check_url(v) if v is not None else None
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, v: str | None) -> str | None:
+        return users.check_country(v) if v is not None else None
+
+    @field_validator("date_of_birth")
+    @classmethod
+    def _dob(cls, v: dt.date | None) -> dt.date | None:
+        return users.check_date_of_birth(v) if v is not None else None
+
+    @model_validator(mode="after")
+    def _one_image_field(self) -> UserPatch:
+        if {"avatar_url", "profile_image_url"} <= self.model_fields_set:
+            raise ValueError("give profile_image_url or avatar_url, not both")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.model_fields_set}
+        if "avatar_url" in out:
+            out["profile_image_url"] = out.pop("avatar_url")
+        return out
+
+
+class Preferences(RootModel[dict[str, JsonValue]]):
+    """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key)."""
+
+
+def _user_id(call: Call[Any]) -> uuid.UUID:
+    try:
+        return uuid.UUID(call.param("id"))
+    except ValueError:
+        raise not_found("user") from None
+
+
+@router.patch("/v1/me", summary="Change the caller's profile (display name, bio, avatar URL, ...)",
+              body=UserPatch, response=UserOut)
+async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
+    user = await users.update_user(call.app[appkeys.DB], call.user, call.user.user_id, call.body.changes(),
+                                   token_service(call.app))
+    return ok(user.private())
+
+
+@router.get("/v1/users/{id}", summary="A user's profile (public fields; owners and admins see all)",
+            response=PublicUserOut)
+async def get_user(call: Call[None]) -> web.StreamResponse:
+    user = await users.get_visible_user(call.app[appkeys.DB], call.user, _user_id(call))
+    return ok(user.view_for(call.user))
+
+
+@router.patch("/v1/users/{id}", summary="Change a profile (own, or any as admin; admins set role and status)",
+              body=UserPatch, response=PublicUserOut)
+async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
+    user = await users.update_user(call.app[appkeys.DB], call.user, _user_id(call), call.body.changes(),
+                                   token_service(call.app))
+    return ok(user.view_for(call.user))
+
+
+@router.get("/v1/users/{id}/preferences", summary="A user's preferences (own, or any as admin)",
+            response=Preferences)
+async def get_preferences(call: Call[None]) -> web.StreamResponse:
+    prefs = await users.get_preferences(call.app[appkeys.DB], call.user, _user_id(call))
+    return ok(prefs)
+
+
+@router.patch("/v1/users/{id}/preferences", summary="Merge changes into a user's preferences (RFC 7386)",
+              body=Preferences, response=Preferences)
+async def patch_preferences(call: Call[Preferences]) -> web.StreamResponse:
+    prefs = await users.update_preferences(call.app[appkeys.DB], call.app[appkeys.SETTINGS], call.user,
+                                           _user_id(call), call.body.root)
+    return ok(prefs)
