@@ -30,6 +30,7 @@ STATUS: dict[str, int] = {
     "NOT_JOINED": 409,  # socket: the op names a room this connection has not joined
     "ALREADY_JOINED": 409,  # socket: join for a room already joined (leave first to rejoin)
     "TOO_MANY_ROOMS": 429,  # socket: over `ws_max_rooms_per_conn`
+    "TOO_MANY_CONNECTIONS": 429,  # socket: over `ws_max_conns_per_user` on this node (then closed 4009)
     "OVERLOADED": 503,
     "UNAVAILABLE": 503,
     "INTERNAL_ERROR": 500,
