@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from aiohttp import web
 
+from signaling.broker import Broker
+from signaling.hub import Hub, Presence
+
 from .identity import Authenticator
 from .limits import Limiter
 from .metrics import Metrics
@@ -22,6 +25,9 @@ AUTH = web.AppKey("authenticator", Authenticator)
 LIMITER = web.AppKey("limiter", Limiter)
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", Metrics)
+BROKER = web.AppKey("broker", Broker)  # room streams between nodes (memory or Redis)
+PRESENCE = web.AppKey("presence", Presence)  # who is in which room, across nodes
+HUB = web.AppKey("hub", Hub)  # this node's rooms and sockets; `publish` is how features emit events
 # Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
 BACKGROUND = web.AppKey("background", list)
 

@@ -9,14 +9,19 @@ A feature module (chat, tips, seats, rtc) declares each op with `@op(...)`: its 
 it needs a signed-in user and a joined room. The socket endpoint validates the envelope and the
 data against that declaration before the handler runs, so features never see malformed input, and
 importing the feature module is all it takes to plug it in.
+
+Close codes (`Close`) are the socket's only way to end a session; every other refusal is an error
+reply and the socket stays open. See `docs/socket.md` for the full contract.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 if TYPE_CHECKING:
@@ -25,6 +30,53 @@ if TYPE_CHECKING:
     from server.identity import Identity
 
 MAX_REF = 2**53 - 1  # refs round-trip through JavaScript numbers
+
+
+class Close(IntEnum):
+    """Why the server closed a socket. 4xxx are ours; a client decides from the code whether to retry."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down: reconnect (elsewhere) with `since`
+    UNSUPPORTED_DATA = 1003
+    MESSAGE_TOO_BIG = 1009  # an inbound frame exceeded `ws_max_frame_bytes` (aiohttp closes with it)
+    AUTH_FAILED = 4001  # no auth within `ws_auth_timeout_s`, or a bad token in the auth phase: do not retry as-is
+    TOKEN_EXPIRED = 4003  # the access token expired without a refresh: get a new token, reconnect
+    SLOW_CONSUMER = 4008  # outbound bytes over `ws_outbound_max_bytes`: reconnect and resume with `since`
+    TOO_MANY_CONNECTIONS = 4009  # over `ws_max_conns_per_user` on this node: do not retry at once
+
+
+CLOSE_REASONS: dict[Close, str] = {
+    Close.GOING_AWAY: "going away",
+    Close.AUTH_FAILED: "authentication failed",
+    Close.TOKEN_EXPIRED: "token expired",
+    Close.SLOW_CONSUMER: "slow consumer",
+    Close.TOO_MANY_CONNECTIONS: "too many connections",
+}
+
+
+def reply_ok(ref: int | None, data: dict[str, Any] | None) -> bytes:
+    return orjson.dumps({"op": "reply", "ref": ref, "ok": True, "data": data or {}})
+
+
+def reply_error(ref: int | None, error: dict[str, Any]) -> bytes:
+    """`error` is the `{"code", "message", "details"?}` object of `ApiError.body()`."""
+    return orjson.dumps({"op": "reply", "ref": ref, "ok": False, "error": error})
+
+
+def event_body(type_: str, data: dict[str, Any]) -> bytes:
+    """What the broker carries for one event: `type` first, so the hub can read it without parsing."""
+    return orjson.dumps({"type": type_, "data": data})
+
+
+def event_payload(room_json: bytes, offset: int, body: bytes) -> bytes:
+    """The pushed event, spliced from the broker body without decoding it again.
+
+    `room_json` is the room name already JSON-encoded; offset 0 (volatile) is left out.
+    """
+    assert body[:1] == b"{" and len(body) > 2, "event body must be a non-empty JSON object"
+    if offset:
+        return b'{"op":"event","room":%b,"offset":%d,%b' % (room_json, offset, body[1:])
+    return b'{"op":"event","room":%b,%b' % (room_json, body[1:])
 
 
 class Envelope(BaseModel):
@@ -54,6 +106,11 @@ class OpContext:
     ref: int
     room: str | None
     app: web.Application
+    after_reply: list[Callable[[], None]] = field(default_factory=list)
+
+    def defer(self, callback: Callable[[], None]) -> None:
+        """Run `callback` right after the reply is queued (join switches to live events there)."""
+        self.after_reply.append(callback)
 
     @property
     def identity(self) -> Identity | None:

@@ -1,0 +1,180 @@
+"""One client socket: who it is, the rooms it joined, and its bounded outbound path.
+
+Every outbound frame (replies and events alike, so their order is kept) is queued with
+`enqueue`, which never awaits: a broadcast loop writing to a thousand members must not wait on
+any of them. Frames queued during one loop tick are written to the transport in one `write`
+(the `Outbox`), which keeps one JSON object per websocket frame on the wire but pays one system
+call per member per tick instead of one per event.
+
+Backpressure is counted in bytes: what is queued here plus what the transport has not sent yet.
+Above `ws_outbound_max_bytes` the connection is closed as a slow consumer (4008) and may resume
+with `since`; above the lower `ws_volatile_drop_bytes`, volatile events (viewer counts, which the
+next one supersedes) are dropped instead of queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .frames import text_frame
+from .protocol import CLOSE_REASONS, Close
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from server.identity import Identity
+    from server.settings import Settings
+
+log = logging.getLogger("greenroom.socket")
+
+
+@dataclass(slots=True)
+class Membership:
+    """A joined room. Until `live`, events are held in `backlog` while the join fetches history."""
+
+    grant: Any  # signaling.rooms.RoomGrant; the hub reads only `announce` from it
+    live: bool = False
+    backlog: list[tuple[int, bytes]] = field(default_factory=list)
+    overflowed: bool = False
+
+
+class Outbox:
+    """Connections with frames queued in this loop tick; flushed once, right after the tick."""
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for conn in dirty:
+            conn.flush()
+
+
+class Connection:
+    """A socket's session state; created by the endpoint once the websocket is open."""
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, settings: Settings,
+                 outbox: Outbox) -> None:
+        self.conn_id = uuid.uuid4().hex
+        self.ws = ws
+        self.identity: Identity | None = None
+        self.authenticated = False  # True once signed in or admitted as a guest
+        self.rooms: dict[str, Membership] = {}
+        self.close_code: int | None = None
+        self.max_buffered = 0  # highest unsent byte count seen; tests and metrics read it
+        self._transport = transport
+        self._outbox = outbox
+        self._max_bytes = settings.ws_outbound_max_bytes
+        self._volatile_bytes = min(settings.ws_volatile_drop_bytes, settings.ws_outbound_max_bytes)
+        self._close_timeout = settings.ws_close_timeout_s
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._sent_pending = 0  # transport buffer size at the last flush; it only shrinks in between
+        self._close_task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def sign_in(self, identity: Identity) -> None:
+        """Adopt a verified identity (first auth or refresh); close 4003 at its `exp` unless refreshed."""
+        self.identity = identity
+        self.authenticated = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, identity.expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self.close_soon, Close.TOKEN_EXPIRED)
+
+    def admit_guest(self) -> None:
+        self.authenticated = True
+
+    @property
+    def user_id(self) -> uuid.UUID | None:
+        return self.identity.user_id if self.identity is not None else None
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    def buffered(self) -> int:
+        """Bytes queued for this socket and not yet sent."""
+        return self._out_bytes + self._transport.get_write_buffer_size()
+
+    def enqueue(self, frame: bytes) -> bool:
+        """Queue one built frame; False (and a slow-consumer close) when over the byte budget."""
+        if self.close_code is not None:
+            return False
+        size = self._out_bytes + self._sent_pending + len(frame)
+        if size > self._max_bytes:
+            self.close_soon(Close.SLOW_CONSUMER)
+            return False
+        if not self._out:
+            self._outbox.mark(self)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        return True
+
+    def enqueue_volatile(self, frame: bytes) -> bool:
+        """Queue a frame the next one supersedes; dropped while the socket is behind."""
+        if self._out_bytes + self._sent_pending + len(frame) > self._volatile_bytes:
+            return False
+        return self.enqueue(frame)
+
+    def send(self, payload: bytes) -> bool:
+        """Queue one JSON payload as a text frame."""
+        return self.enqueue(text_frame(payload))
+
+    def flush(self) -> None:
+        if not self._out:
+            return
+        out, self._out = self._out, []
+        self._out_bytes = 0
+        if self._transport.is_closing():
+            return
+        self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._sent_pending = self._transport.get_write_buffer_size()
+        if self._sent_pending > self.max_buffered:
+            self.max_buffered = self._sent_pending
+
+    def close_soon(self, code: Close, reason: str | None = None) -> None:
+        """Close from synchronous code (fan-out, timers); the first reason given wins."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def close(self, code: Close, reason: str | None = None) -> None:
+        """Close and wait (bounded by `ws_close_timeout_s`) for the close handshake."""
+        self.close_soon(code, reason)
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)
+
+    async def _close(self, code: Close, reason: str | None) -> None:
+        text = reason or CLOSE_REASONS.get(code, "")
+        if code == Close.SLOW_CONSUMER:
+            self._out.clear()  # what it could not take is recoverable from history
+            self._out_bytes = 0
+        else:
+            self.flush()  # replies and events queued before the close still go out first
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=text.encode()), self._close_timeout)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            # A peer that does not read never drains the close frame: drop its buffer, free the memory.
+            if not self._transport.is_closing() or self._transport.get_write_buffer_size():
+                with contextlib.suppress(Exception):
+                    self._transport.abort()
