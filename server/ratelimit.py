@@ -26,48 +26,51 @@ KEY_PREFIX = "gr:rl:"
 # again, so an outage costs one failed round trip per interval rather than one per request.
 REDIS_RETRY_AFTER_S = 5.0
 
-# KEYS[1]: the budget's key. ARGV: limit, window (µs), cost. Times are Redis's own clock in
-# integer microseconds, so every node agrees on "now" and Lua doubles stay exact.
+US = 1_000_000  # GCRA runs on integer microseconds: exact, so long bursts never drift
+
+# KEYS[1]: the budget's key. ARGV: limit, window (µs), cost. "now" is Redis's own clock, so every
+# node agrees on it; all values are integers below 2^53, exact in Lua's doubles. Mirrors `gcra`.
 # Returns {allowed, remaining, reset_at_us, retry_after_us}.
 GCRA_LUA = """
 local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
+local interval = math.ceil(tonumber(ARGV[2]) / limit)
+local window = interval * limit
 local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = window / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + interval * cost
-local allow_at = new_tat - window
-if allow_at > now then
-  local remaining = math.max(0, math.floor((window - (tat - now)) / interval))
-  return {0, remaining, string.format('%.0f', tat), string.format('%.0f', allow_at - now)}
+if new_tat - now > window then
+  return {0, math.floor((window - (tat - now)) / interval), tat, new_tat - window - now}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-local remaining = math.max(0, math.floor((window - (new_tat - now)) / interval))
-return {1, remaining, string.format('%.0f', new_tat), '0'}
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((window - (new_tat - now)) / interval), new_tat, 0}
 """
 
 
-def gcra(tat: float, now: float, budget: Budget, cost: int) -> tuple[bool, float, Decision]:
-    """Pure GCRA step: returns (allowed, new_tat, decision)."""
-    interval = budget.window_s / budget.limit
+def gcra(tat: int, now: int, budget: Budget, cost: int) -> tuple[bool, int, Decision]:
+    """Pure GCRA step on integer microseconds: returns (allowed, new_tat, decision).
+
+    The interval is rounded up to a whole microsecond, so the effective window is at most
+    `limit` µs longer than asked: never more permissive.
+    """
+    interval = -(-round(budget.window_s * US) // budget.limit)
+    window = interval * budget.limit
     tat = max(tat, now)
     new_tat = tat + interval * cost
-    allow_at = new_tat - budget.window_s
-    if allow_at > now:
-        remaining = max(0, int((budget.window_s - (tat - now)) / interval))
-        return False, tat, Decision(False, budget.limit, remaining, tat, allow_at - now)
-    remaining = max(0, int((budget.window_s - (new_tat - now)) / interval))
-    return True, new_tat, Decision(True, budget.limit, remaining, new_tat, 0.0)
+    if new_tat - now > window:
+        remaining = (window - (tat - now)) // interval
+        return False, tat, Decision(False, budget.limit, remaining, tat / US, (new_tat - window - now) / US)
+    remaining = (window - (new_tat - now)) // interval
+    return True, new_tat, Decision(True, budget.limit, remaining, new_tat / US, 0.0)
 
 
 class MemoryLimiter:
     """One process's limiter; a bounded LRU of keys (the least recently allowed is evicted)."""
 
     def __init__(self, max_keys: int, clock: Callable[[], float] = time.time) -> None:
-        self._tats: OrderedDict[str, float] = OrderedDict()
+        self._tats: OrderedDict[str, int] = OrderedDict()
         self._max_keys = max_keys
         self._clock = clock
 
@@ -75,8 +78,8 @@ class MemoryLimiter:
         return len(self._tats)
 
     async def hit(self, key: str, budget: Budget, cost: int = 1) -> Decision:
-        now = self._clock()
-        allowed, tat, decision = gcra(self._tats.get(key, 0.0), now, budget, cost)
+        now = int(self._clock() * US)
+        allowed, tat, decision = gcra(self._tats.get(key, 0), now, budget, cost)
         if allowed:
             self._tats[key] = tat
             self._tats.move_to_end(key)
@@ -120,7 +123,7 @@ class RedisLimiter:
             log.warning("redis rate limiter unavailable; limiting per process",
                         extra={"error": f"{type(exc).__name__}: {exc}", "retry_after_s": REDIS_RETRY_AFTER_S})
             return await self._fallback.hit(key, budget, cost)
-        return Decision(bool(allowed), budget.limit, int(remaining), int(reset_us) / 1e6, int(retry_us) / 1e6)
+        return Decision(bool(allowed), budget.limit, int(remaining), int(reset_us) / US, int(retry_us) / US)
 
     async def close(self) -> None:
         await self._fallback.close()
