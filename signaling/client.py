@@ -13,7 +13,7 @@ Behaviour
   The token is sent as the first `auth` op, never in the URL. With a provider, the client asks it
   for a new token `refresh_margin_s` before the current one's `exp` and sends another `auth` op
   on the live socket; after a close for an expired token it reconnects with a fresh one.
-  No token and no provider: a guest connection.
+  No token and no provider: a guest connection (an `auth` op without a token).
 - Requests: `request(op, room=None, **data)` / `call(op, room, data)` send one envelope with a new
   `ref` and await the reply with that ref. `ok: false` raises `ClientError(code, message)`; no reply
   within `request_timeout_s` raises `ClientError("TIMEOUT")`; a connection lost before the reply
@@ -323,8 +323,9 @@ class GreenroomClient:
         self._ws = ws
         self._reader = asyncio.create_task(self._read(ws), name="greenroom-client-reader")
         try:
-            if token is not None:
-                self.identity = await self._send(ws, "auth", None, {"token": token}, self.connect_timeout_s)
+            # Without a token the `auth` op admits a guest (public rooms, read-only).
+            self.identity = await self._send(ws, "auth", None, {} if token is None else {"token": token},
+                                             self.connect_timeout_s)
         except ClientError as exc:
             await ws.close()
             if ws.close_code in (CLOSE_AUTH_FAILED, CLOSE_TOKEN_EXPIRED):

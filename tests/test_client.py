@@ -112,6 +112,9 @@ class ScriptedServer:
         op, ref, data, name = env["op"], env["ref"], env.get("data", {}), env.get("room")
         ws = conn.ws
         if op == "auth":
+            if "token" not in data:
+                await self.reply(ws, ref, {"role": "guest"})
+                return
             self.tokens.append(data["token"])
             if self.refuse_tokens:
                 await ws.close(code=4001)
@@ -221,6 +224,7 @@ async def test_guest_sends_no_auth(server: tuple[ScriptedServer, str]) -> None:
     async with GreenroomClient(url) as client:
         await client.join("stream:1")
         assert scripted.tokens == []
+        assert client.identity == {"role": "guest"}
 
 
 async def test_live_events_in_order_and_volatile_pass_through(server: tuple[ScriptedServer, str]) -> None:
