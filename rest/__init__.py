@@ -2,6 +2,7 @@
 
 from server.routing import Router
 
-from . import auth, health, meta, users
+from . import auth, health, meta, moderation, streams, users
 
-ROUTERS: list[Router] = [meta.router, health.router, auth.router, users.router]
+ROUTERS: list[Router] = [meta.router, health.router, auth.router, users.router, streams.router,
+                          moderation.router]

@@ -75,6 +75,7 @@ async def connect_redis(settings: Settings) -> Redis:
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """Build the application for one worker; `dsn` is the resolved PostgreSQL DSN."""
     from rest import ROUTERS
+    from signaling.retention import retention_context
 
     from .routing import mount
 
@@ -113,7 +114,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     # Torn down in reverse order, after `app.on_shutdown` (where sockets close with 1001) and after
     # in-flight requests finished, so handlers still have their pools while they drain.
-    contexts: list[Ctx] = [database, auth_context, redis, limiter]
+    contexts: list[Ctx] = [database, auth_context, redis, limiter, retention_context]
     app.cleanup_ctx.extend(contexts)
     mount(app, ROUTERS)
     return app

@@ -1,0 +1,293 @@
+"""Streams: create, list, read, edit, go live, end, join, viewers, and the room's staff and bans."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
+
+from server.errors import not_found
+from server.routing import Call, Router, Schema, ok, page_meta
+from signaling import rooms, streams
+
+router = Router("streams")
+
+TITLE_MAX = 200
+DESCRIPTION_MAX = 5000
+CATEGORY_MAX = 64
+TAGS_MAX = 20
+TAG_MAX = 32
+PAGE_MAX = 10_000  # deep OFFSETs are slow; past this, narrow the filter instead
+AccessIn = Literal["public", "ticket", "pass", "private"]
+
+
+def _title(v: str | None) -> str | None:
+    if v is None:
+        raise ValueError("title cannot be null")
+    v = v.strip()
+    if not v:
+        raise ValueError("title cannot be blank")
+    return v
+
+
+def _category(v: str | None) -> str | None:
+    if v is None:
+        return None
+    v = v.strip().lower()
+    return v or None
+
+
+def _check_tags(v: list[str]) -> list[str]:
+    for tag in v:
+        if not tag.strip() or len(tag) > TAG_MAX:
+            raise ValueError(f"each tag must be 1-{TAG_MAX} non-blank characters")
+    return v
+
+
+class StreamCreate(Schema):
+    title: str = Field(max_length=TITLE_MAX)
+    description: str = Field("", max_length=DESCRIPTION_MAX)
+    category: str | None = Field(None, max_length=CATEGORY_MAX)
+    tags: list[str] = Field(default_factory=list, max_length=TAGS_MAX)
+    access: AccessIn = "public"
+
+    @field_validator("title")
+    @classmethod
+    def _check_title(cls, v: str | None) -> str | None:
+        return _title(v)
+
+    @field_validator("category")
+    @classmethod
+    def _check_category(cls, v: str | None) -> str | None:
+        return _category(v)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        return _check_tags(v)
+
+
+class StreamPatch(Schema):
+    """Fields to change; absent fields stay, `null` clears `category`."""
+
+    title: str | None = Field(None, max_length=TITLE_MAX)
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
+    category: str | None = Field(None, max_length=CATEGORY_MAX)
+    tags: list[str] | None = Field(None, max_length=TAGS_MAX)
+    access: AccessIn | None = None
+
+    @field_validator("title")
+    @classmethod
+    def _check_title(cls, v: str | None) -> str | None:
+        return _title(v)
+
+    @field_validator("category")
+    @classmethod
+    def _check_category(cls, v: str | None) -> str | None:
+        return _category(v)
+
+    @field_validator("description", "tags", "access")
+    @classmethod
+    def _not_null(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("cannot be null")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str] | None) -> list[str] | None:
+        return _check_tags(v) if v is not None else None
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class StreamQuery(Schema):
+    page: int = Field(1, ge=1, le=PAGE_MAX)
+    per_page: int = Field(20, ge=1, le=100)
+    status: Literal["created", "live", "ended", "all"] = "live"
+    category: str | None = Field(None, max_length=CATEGORY_MAX)
+    host_id: uuid.UUID | None = None
+    sort: Literal["-started_at", "started_at", "-created_at", "created_at", "-total_tokens_received",
+                  "title"] = "-started_at"
+
+
+class PageQuery(Schema):
+    page: int = Field(1, ge=1, le=PAGE_MAX)
+    per_page: int = Field(20, ge=1, le=100)
+
+
+class StreamOut(BaseModel):
+    id: str
+    host_id: str
+    host_name: str
+    title: str
+    description: str
+    category: str | None
+    tags: list[str]
+    status: Literal["created", "live", "ended"]
+    access: AccessIn
+    viewer_count: int
+    total_tokens_received: int
+    room: str
+    started_at: str | None
+    ended_at: str | None
+    created_at: str
+
+
+class JoinOut(BaseModel):
+    stream: StreamOut
+    room: str
+    ws_url: str
+    role: Literal["performer", "moderator", "viewer", "guest"]
+    can_chat: bool
+    can_tip: bool
+    can_moderate: bool
+
+
+class ViewerOut(BaseModel):
+    user_id: str
+    display_name: str
+
+
+class ViewersOut(BaseModel):
+    stream_id: str
+    viewer_count: int
+    viewers: list[ViewerOut] | None = Field(description="Listed for the host, moderators and admins only.")
+
+
+class UserRef(Schema):
+    user_id: uuid.UUID
+
+
+class BanIn(Schema):
+    user_id: uuid.UUID
+    reason: str = Field("", max_length=500)
+    duration_s: int | None = Field(None, ge=1, description="Omit for a permanent ban.")
+
+
+class RoleOut(BaseModel):
+    user_id: str
+    role: Literal["moderator", "viewer"]
+
+
+class BanOut(BaseModel):
+    user_id: str
+    until: str | None
+    reason: str
+
+
+class BanListItem(BanOut):
+    display_name: str
+    banned_by: str | None
+    created_at: str
+
+
+def _id(call: Call[Any], name: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(call.param(name))
+    except ValueError:
+        raise not_found("stream" if name == "id" else "user") from None
+
+
+@router.post("/v1/streams", summary="Create a stream (and its room) as a performer", body=StreamCreate,
+             response=StreamOut, status=201, roles=("performer", "admin"), rate="streaming", idempotent=True)
+async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
+    b = call.body
+    stream = await streams.create_stream(call.app, call.user, title=b.title, description=b.description,
+                                         category=b.category, tags=b.tags, access=b.access)
+    return ok(stream, status=201)
+
+
+@router.get("/v1/streams", summary="Streams, live ones by default (public); filter, sort, paginate",
+            query=StreamQuery, response=StreamOut, auth="optional", list_response=True)
+async def list_streams(call: Call[None]) -> web.StreamResponse:
+    q: StreamQuery = call.query
+    page = await streams.list_streams(call.app, call.identity, status=None if q.status == "all" else q.status,
+                                      category=_category(q.category), host_id=q.host_id, sort=q.sort,
+                                      page=q.page, per_page=q.per_page)
+    return ok(page.items, meta=page_meta(q.page, q.per_page, page.total))
+
+
+@router.get("/v1/streams/{id}", summary="A stream's details", response=StreamOut, auth="optional")
+async def get_stream(call: Call[None]) -> web.StreamResponse:
+    return ok(await streams.get_stream(call.app, _id(call), call.identity))
+
+
+@router.patch("/v1/streams/{id}", summary="Edit a stream (host or admin)", body=StreamPatch,
+              response=StreamOut, rate="streaming")
+async def patch_stream(call: Call[StreamPatch]) -> web.StreamResponse:
+    return ok(await streams.update_stream(call.app, call.user, _id(call), call.body.changes()))
+
+
+@router.delete("/v1/streams/{id}", summary="End a stream (host or admin); ending an ended stream is a no-op",
+               response=StreamOut, rate="streaming")
+async def delete_stream(call: Call[None]) -> web.StreamResponse:
+    return ok(await streams.end_stream(call.app, call.user, _id(call), already_ended_ok=True))
+
+
+@router.post("/v1/streams/{id}/start", summary="Go live (host); publishes `stream.started` to the room",
+             response=StreamOut, rate="streaming")
+async def start_stream(call: Call[None]) -> web.StreamResponse:
+    return ok(await streams.start_stream(call.app, call.user, _id(call)))
+
+
+@router.post("/v1/streams/{id}/end", summary="End the stream (host or admin); publishes `stream.ended`",
+             response=StreamOut, rate="streaming")
+async def end_stream(call: Call[None]) -> web.StreamResponse:
+    return ok(await streams.end_stream(call.app, call.user, _id(call)))
+
+
+@router.post("/v1/streams/{id}/join", summary="What a client needs to join the stream's room over `/ws`",
+             response=JoinOut, auth="optional")
+async def join_stream(call: Call[None]) -> web.StreamResponse:
+    return ok(await streams.join_stream(call.app, call.identity, _id(call)))
+
+
+@router.get("/v1/streams/{id}/viewers", summary="How many are watching; the host and staff also see who",
+            query=PageQuery, response=ViewersOut, auth="optional")
+async def stream_viewers(call: Call[None]) -> web.StreamResponse:
+    q: PageQuery = call.query
+    data, total = await streams.viewers(call.app, call.identity, _id(call), page=q.page, per_page=q.per_page)
+    meta = page_meta(q.page, q.per_page, total) if data["viewers"] is not None else {}
+    return ok(data, meta=meta)
+
+
+@router.post("/v1/streams/{id}/moderators", summary="Appoint a room moderator (host or admin)", body=UserRef,
+             response=RoleOut, status=201, rate="streaming")
+async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
+    room = await streams.stream_room(call.app, call.user, _id(call))
+    return ok(await rooms.add_moderator(call.app, call.user, room, call.body.user_id), status=201)
+
+
+@router.delete("/v1/streams/{id}/moderators/{user_id}", summary="Dismiss a room moderator (host or admin)",
+               response=RoleOut, rate="streaming")
+async def remove_moderator(call: Call[None]) -> web.StreamResponse:
+    room = await streams.stream_room(call.app, call.user, _id(call))
+    return ok(await rooms.remove_moderator(call.app, call.user, room, _id(call, "user_id")))
+
+
+@router.get("/v1/streams/{id}/bans", summary="Active bans in the stream's room (host, moderators, admins)",
+            query=PageQuery, response=BanListItem, list_response=True, rate="streaming")
+async def list_bans(call: Call[None]) -> web.StreamResponse:
+    q: PageQuery = call.query
+    room = await streams.stream_room(call.app, call.user, _id(call))
+    items, total = await rooms.list_bans(call.app, call.user, room, q.page, q.per_page)
+    return ok(items, meta=page_meta(q.page, q.per_page, total))
+
+
+@router.post("/v1/streams/{id}/bans", summary="Ban a user from the stream's room and remove them at once",
+             body=BanIn, response=BanOut, status=201, rate="streaming")
+async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
+    room = await streams.stream_room(call.app, call.user, _id(call))
+    b = call.body
+    return ok(await rooms.ban(call.app, call.user, room, b.user_id, b.reason.strip(), b.duration_s), status=201)
+
+
+@router.delete("/v1/streams/{id}/bans/{user_id}", summary="Lift a ban (host, moderators, admins)",
+               rate="streaming")
+async def unban_user(call: Call[None]) -> web.StreamResponse:
+    room = await streams.stream_room(call.app, call.user, _id(call))
+    return ok(await rooms.unban(call.app, call.user, room, _id(call, "user_id")))

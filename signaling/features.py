@@ -1,0 +1,3 @@
+"""Every room feature module; importing this registers their socket ops (see `protocol.op`)."""
+
+from . import chat, moderation  # noqa: F401

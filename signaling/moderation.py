@@ -1,0 +1,67 @@
+"""Room moderation over the socket: mute, kick, ban, unban, slow mode.
+
+Each op calls the same domain function as the REST routes (`rooms.py`); the rank rules there
+decide who may act on whom. Kick and ban publish `member.kicked` / `member.banned`, on which the
+hub of every node removes the user's connections from the room.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import Field, StrictInt
+
+from . import rooms
+from .chat import UUID_PATTERN
+from .protocol import OpContext, OpData, op
+
+REASON_MAX_CHARS = 500
+
+
+class Target(OpData):
+    user_id: str = Field(pattern=UUID_PATTERN)
+
+
+class MuteData(Target):
+    duration_s: StrictInt = Field(ge=1)
+
+
+class BanData(Target):
+    reason: str = Field(default="", max_length=REASON_MAX_CHARS)
+    duration_s: StrictInt | None = Field(default=None, ge=1)
+
+
+class SlowModeData(OpData):
+    seconds: StrictInt = Field(ge=0)
+
+
+@op("room.mute", schema=MuteData, auth="user", room="joined")
+async def room_mute(ctx: OpContext, data: MuteData) -> dict[str, Any]:
+    return await rooms.mute(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id), data.duration_s)
+
+
+@op("room.unmute", schema=Target, auth="user", room="joined")
+async def room_unmute(ctx: OpContext, data: Target) -> dict[str, Any]:
+    return await rooms.unmute(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
+
+
+@op("room.kick", schema=Target, auth="user", room="joined")
+async def room_kick(ctx: OpContext, data: Target) -> dict[str, Any]:
+    return await rooms.kick(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
+
+
+@op("room.ban", schema=BanData, auth="user", room="joined")
+async def room_ban(ctx: OpContext, data: BanData) -> dict[str, Any]:
+    return await rooms.ban(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id), data.reason.strip(),
+                           data.duration_s)
+
+
+@op("room.unban", schema=Target, auth="user", room="joined")
+async def room_unban(ctx: OpContext, data: Target) -> dict[str, Any]:
+    return await rooms.unban(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
+
+
+@op("room.slow_mode", schema=SlowModeData, auth="user", room="joined")
+async def room_slow_mode(ctx: OpContext, data: SlowModeData) -> dict[str, Any]:
+    return await rooms.set_slow_mode(ctx.app, ctx.user, ctx.room_name, data.seconds)

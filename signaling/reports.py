@@ -1,0 +1,91 @@
+"""Moderation reports: users report a user, a stream or a chat message; admins read them as flags.
+
+A report on a chat message keeps a snapshot of the message (room, author, text), because the
+message itself is purged after the chat retention period while the report must stay readable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import asyncpg
+from aiohttp import web
+
+from server import appkeys
+from server.errors import ApiError, not_found
+from server.identity import Identity
+
+TargetType = Literal["user", "stream", "chat_message"]
+Reason = Literal["spam", "harassment", "hate", "sexual_content", "violence", "self_harm", "underage",
+                 "scam", "copyright", "other"]
+ReportStatus = Literal["open", "reviewed", "dismissed"]
+
+
+async def _snapshot(db: asyncpg.Pool, target_type: TargetType, target_id: uuid.UUID) -> dict[str, Any]:
+    """What the target looked like when reported; NOT_FOUND when there is no such target."""
+    if target_type == "user":
+        row = await db.fetchrow("SELECT display_name FROM users WHERE id = $1", target_id)
+        if row is None:
+            raise not_found("user")
+        return {"display_name": row["display_name"]}
+    if target_type == "stream":
+        row = await db.fetchrow("SELECT host_id, title FROM streams WHERE id = $1", target_id)
+        if row is None:
+            raise not_found("stream")
+        return {"host_id": str(row["host_id"]), "title": row["title"]}
+    row = await db.fetchrow("SELECT room, author_id, text, created_at FROM chat_messages WHERE id = $1", target_id)
+    if row is None:
+        raise not_found("chat message")
+    return {"room": row["room"], "author_id": str(row["author_id"]), "text": row["text"],
+            "at": row["created_at"].isoformat()}
+
+
+async def file_report(app: web.Application, reporter: Identity, *, target_type: TargetType,
+                      target_id: uuid.UUID, reason: Reason, details: str) -> dict[str, Any]:
+    if target_type == "user" and target_id == reporter.user_id:
+        raise ApiError("BAD_REQUEST", "you cannot report yourself")
+    db = app[appkeys.DB]
+    snapshot = await _snapshot(db, target_type, target_id)
+    try:
+        row = await db.fetchrow(
+            """INSERT INTO moderation_reports (id, reporter_id, target_type, target_id, reason, details, snapshot)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+            uuid.uuid4(), reporter.user_id, target_type, target_id, reason, details, snapshot)
+    except asyncpg.UniqueViolationError:
+        raise ApiError("CONFLICT", "you already have an open report on this") from None
+    assert row is not None
+    return _shape(row)
+
+
+def _shape(row: asyncpg.Record, *, with_count: bool = False) -> dict[str, Any]:
+    out = {"id": str(row["id"]), "reporter_id": str(row["reporter_id"]), "target_type": row["target_type"],
+           "target_id": str(row["target_id"]), "reason": row["reason"], "details": row["details"],
+           "snapshot": row["snapshot"], "status": row["status"], "created_at": row["created_at"].isoformat()}
+    if with_count:
+        out["open_reports_on_target"] = row["open_reports_on_target"]
+    return out
+
+
+async def list_flags(app: web.Application, *, status: ReportStatus | None, target_type: TargetType | None,
+                     page: int, per_page: int) -> tuple[list[dict[str, Any]], int]:
+    """Reports, newest first, each with how many open reports its target has (for triage)."""
+    where: list[str] = ["true"]
+    args: list[Any] = []
+    if status is not None:
+        args.append(status)
+        where.append(f"r.status = ${len(args)}")
+    if target_type is not None:
+        args.append(target_type)
+        where.append(f"r.target_type = ${len(args)}")
+    clause = " AND ".join(where)
+    db = app[appkeys.DB]
+    rows = await db.fetch(
+        f"""SELECT r.*, (SELECT count(*) FROM moderation_reports o
+                         WHERE o.target_type = r.target_type AND o.target_id = r.target_id
+                           AND o.status = 'open') AS open_reports_on_target
+            FROM moderation_reports r WHERE {clause}
+            ORDER BY r.created_at DESC, r.id LIMIT {int(per_page)} OFFSET {int((page - 1) * per_page)}""",
+        *args)
+    total = await db.fetchval(f"SELECT count(*) FROM moderation_reports r WHERE {clause}", *args)
+    return [_shape(r, with_count=True) for r in rows], total

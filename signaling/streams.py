@@ -1,0 +1,273 @@
+"""Streams: a performer's live broadcast, its lifecycle (created → live → ended) and its room.
+
+Creating a stream creates its room `stream:{id}` in the same transaction, so the two never
+diverge. Going live and ending are single conditional UPDATEs (a concurrent second start or end
+finds nothing to change), then `stream.started` / `stream.ended` is published to the room.
+`viewer_count` is read from presence while live; `total_tokens_received` is kept by the ledger.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+from aiohttp import web
+
+from server import appkeys
+from server.errors import ApiError, forbidden, not_found
+from server.identity import Identity
+
+from . import rooms
+from .rooms import Access
+
+Status = Literal["created", "live", "ended"]
+SORTS: dict[str, str] = {
+    "-started_at": "s.started_at DESC NULLS LAST, s.id",
+    "started_at": "s.started_at ASC NULLS LAST, s.id",
+    "-created_at": "s.created_at DESC, s.id",
+    "created_at": "s.created_at ASC, s.id",
+    "-total_tokens_received": "s.total_tokens_received DESC, s.id",
+    "title": "lower(s.title), s.id",
+}
+EDITABLE = ("title", "description", "category", "tags", "access")
+# Two-key advisory lock namespace: serializes one host's stream creations (the open-streams cap).
+_HOST_LOCK_NS = 0x5354
+
+_SELECT = """SELECT s.*, u.display_name AS host_name FROM streams s JOIN users u ON u.id = s.host_id"""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+
+
+def parse_id(raw: str) -> uuid.UUID:
+    """A path id; anything that is not a UUID names no stream (404, not a validation error)."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found("stream") from None
+
+
+def room_of(stream_id: uuid.UUID) -> str:
+    return rooms.room_name("stream", stream_id)
+
+
+async def viewer_count(app: web.Application, room: str) -> int:
+    """Sockets in the room on every node (presence), guests included."""
+    count: int = await app[appkeys.PRESENCE].count(room)
+    return count
+
+
+async def _shape(app: web.Application, row: asyncpg.Record) -> dict[str, Any]:
+    live = row["status"] == "live"
+    room = room_of(row["id"])
+    return {
+        "id": str(row["id"]),
+        "host_id": str(row["host_id"]),
+        "host_name": row["host_name"],
+        "title": row["title"],
+        "description": row["description"],
+        "category": row["category"],
+        "tags": list(row["tags"]),
+        "status": row["status"],
+        "access": row["access"],
+        "viewer_count": await viewer_count(app, room) if live else 0,
+        "total_tokens_received": row["total_tokens_received"],
+        "room": room,
+        "started_at": _iso(row["started_at"]),
+        "ended_at": _iso(row["ended_at"]),
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+def _iso(t: Any) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _is_host_or_admin(identity: Identity | None, row: asyncpg.Record) -> bool:
+    return identity is not None and (identity.is_admin or identity.user_id == row["host_id"])
+
+
+async def _load(app: web.Application, stream_id: uuid.UUID, identity: Identity | None) -> asyncpg.Record:
+    """The stream row, or NOT_FOUND; a private stream is NOT_FOUND to whoever may not enter it."""
+    row = await app[appkeys.DB].fetchrow(_SELECT + " WHERE s.id = $1", stream_id)
+    if row is None:
+        raise not_found("stream")
+    if row["access"] == "private" and not _is_host_or_admin(identity, row):
+        s, _ = await rooms.standing(app[appkeys.DB], room_of(stream_id), identity.user_id if identity else None)
+        if not rooms.admits(s):
+            raise not_found("stream")
+    return row
+
+
+async def create_stream(app: web.Application, host: Identity, *, title: str, description: str,
+                        category: str | None, tags: Sequence[str], access: Access) -> dict[str, Any]:
+    settings = app[appkeys.SETTINGS]
+    stream_id = uuid.uuid4()
+    async with app[appkeys.DB].acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2::text))", _HOST_LOCK_NS, host.user_id)
+        open_count = await conn.fetchval(
+            "SELECT count(*) FROM streams WHERE host_id = $1 AND status <> 'ended'", host.user_id)
+        if open_count >= settings.streams_open_max_per_host:
+            raise ApiError("CONFLICT", f"end one of your {open_count} open streams before creating another",
+                           details={"limit": settings.streams_open_max_per_host})
+        await conn.execute(
+            """INSERT INTO streams (id, host_id, title, description, category, tags, access)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+            stream_id, host.user_id, title, description, category, list(_dedupe(tags)), access)
+        await rooms.create_room(conn, "stream", stream_id, host.user_id, access)
+        row = await conn.fetchrow(_SELECT + " WHERE s.id = $1", stream_id)
+    assert row is not None
+    return await _shape(app, row)
+
+
+def _dedupe(tags: Sequence[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for tag in tags:
+        seen.setdefault(tag.strip().lower(), None)
+    return [t for t in seen if t]
+
+
+async def get_stream(app: web.Application, stream_id: uuid.UUID, identity: Identity | None) -> dict[str, Any]:
+    return await _shape(app, await _load(app, stream_id, identity))
+
+
+async def list_streams(app: web.Application, identity: Identity | None, *, status: Status | None,
+                       category: str | None, host_id: uuid.UUID | None, sort: str, page: int,
+                       per_page: int) -> Page:
+    """Streams visible to the caller (private ones only to their host and admins), one page."""
+    where = ["(s.access <> 'private' OR s.host_id = $1 OR $2)"]
+    args: list[Any] = [identity.user_id if identity else None, bool(identity and identity.is_admin)]
+    if status is not None:
+        args.append(status)
+        where.append(f"s.status = ${len(args)}")
+    if category is not None:
+        args.append(category)
+        where.append(f"s.category = ${len(args)}")
+    if host_id is not None:
+        args.append(host_id)
+        where.append(f"s.host_id = ${len(args)}")
+    clause = " AND ".join(where)
+    db = app[appkeys.DB]
+    rows = await db.fetch(
+        f"{_SELECT} WHERE {clause} ORDER BY {SORTS[sort]} LIMIT {int(per_page)} OFFSET {int((page - 1) * per_page)}",
+        *args)
+    total = await db.fetchval(f"SELECT count(*) FROM streams s WHERE {clause}", *args)
+    return Page([await _shape(app, r) for r in rows], total)
+
+
+async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.UUID,
+                        changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply `changes` (a subset of EDITABLE) as host or admin; an ended stream is not editable."""
+    assert set(changes) <= set(EDITABLE), changes
+    row = await _load(app, stream_id, actor)
+    if not _is_host_or_admin(actor, row):
+        raise forbidden("only the stream's host or an admin may edit it")
+    if "tags" in changes:
+        changes["tags"] = _dedupe(changes["tags"])
+    if changes:
+        sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+        async with app[appkeys.DB].acquire() as conn, conn.transaction():
+            updated = await conn.fetchval(
+                f"UPDATE streams SET {sets}, updated_at = now() WHERE id = $1 AND status <> 'ended' RETURNING id",
+                stream_id, *changes.values())
+            if updated is None:
+                raise ApiError("CONFLICT", "an ended stream cannot be edited")
+            if "access" in changes:
+                await rooms.set_access(conn, room_of(stream_id), changes["access"])
+        row = await _load(app, stream_id, actor)
+        await app[appkeys.HUB].publish(room_of(stream_id), "stream.updated", _public_meta(row))
+    return await _shape(app, row)
+
+
+def _public_meta(row: asyncpg.Record) -> dict[str, Any]:
+    return {"stream_id": str(row["id"]), "title": row["title"], "description": row["description"],
+            "category": row["category"], "tags": list(row["tags"]), "access": row["access"]}
+
+
+async def start_stream(app: web.Application, actor: Identity, stream_id: uuid.UUID) -> dict[str, Any]:
+    """created → live, by the host only; publishes `stream.started`."""
+    row = await _load(app, stream_id, actor)
+    if actor.user_id != row["host_id"]:
+        raise forbidden("only the stream's host may start it")
+    try:
+        started = await app[appkeys.DB].fetchrow(
+            """UPDATE streams SET status = 'live', started_at = now(), updated_at = now()
+               WHERE id = $1 AND status = 'created' RETURNING started_at""", stream_id)
+    except asyncpg.UniqueViolationError:
+        raise ApiError("CONFLICT", "you are already live in another stream; end it first") from None
+    if started is None:
+        raise ApiError("CONFLICT", f"stream is {row['status']}, only a created stream can start",
+                       details={"status": row["status"]})
+    await app[appkeys.HUB].publish(
+        room_of(stream_id), "stream.started",
+        {"stream_id": str(stream_id), "title": row["title"], "started_at": started["started_at"].isoformat()},
+        idempotency_key=f"stream.started:{stream_id}")
+    return await get_stream(app, stream_id, actor)
+
+
+async def end_stream(app: web.Application, actor: Identity, stream_id: uuid.UUID, *,
+                     already_ended_ok: bool = False) -> dict[str, Any]:
+    """created/live → ended, by the host or an admin; publishes `stream.ended`.
+
+    An ended stream is a CONFLICT unless `already_ended_ok` (DELETE is idempotent).
+    """
+    row = await _load(app, stream_id, actor)
+    if not _is_host_or_admin(actor, row):
+        raise forbidden("only the stream's host or an admin may end it")
+    ended = await app[appkeys.DB].fetchrow(
+        """UPDATE streams SET status = 'ended', ended_at = now(), updated_at = now()
+           WHERE id = $1 AND status <> 'ended' RETURNING ended_at, total_tokens_received""", stream_id)
+    if ended is None:
+        if already_ended_ok:
+            return await get_stream(app, stream_id, actor)
+        raise ApiError("CONFLICT", "stream has already ended", details={"status": "ended"})
+    await app[appkeys.HUB].publish(
+        room_of(stream_id), "stream.ended",
+        {"stream_id": str(stream_id), "ended_at": ended["ended_at"].isoformat(),
+         "total_tokens_received": ended["total_tokens_received"]},
+        idempotency_key=f"stream.ended:{stream_id}")
+    return await get_stream(app, stream_id, actor)
+
+
+async def join_stream(app: web.Application, identity: Identity | None, stream_id: uuid.UUID) -> dict[str, Any]:
+    """What a client needs to enter the stream's room over the socket, and what it may do there."""
+    row = await _load(app, stream_id, identity)
+    grant = await rooms.authorize_join(app, identity, room_of(stream_id))
+    return {"stream": await _shape(app, row), "room": grant.room, "ws_url": "/ws", "role": grant.role,
+            "can_chat": grant.can_chat, "can_tip": grant.can_tip, "can_moderate": grant.can_moderate}
+
+
+async def stream_room(app: web.Application, identity: Identity | None, stream_id: uuid.UUID) -> str:
+    """The room of a stream the caller may see (NOT_FOUND otherwise)."""
+    await _load(app, stream_id, identity)
+    return room_of(stream_id)
+
+
+async def viewers(app: web.Application, identity: Identity | None, stream_id: uuid.UUID, *, page: int,
+                  per_page: int) -> tuple[dict[str, Any], int]:
+    """The viewer count for anyone who may see the stream; the signed-in members (one entry per
+    user however many sockets, at most `presence_members_max` looked at) for its staff only.
+    Returns the data and the number of listed members."""
+    await _load(app, stream_id, identity)
+    room = room_of(stream_id)
+    data: dict[str, Any] = {"stream_id": str(stream_id), "viewer_count": await viewer_count(app, room),
+                            "viewers": None}
+    if identity is None:
+        return data, 0
+    db = app[appkeys.DB]
+    me, _ = await rooms.standing(db, room, identity.user_id)
+    if me.rank < rooms.RANK["moderator"]:
+        return data, 0
+    members = await app[appkeys.PRESENCE].members(room, app[appkeys.SETTINGS].presence_members_max)
+    user_ids = sorted({m["user_id"] for m in members if m.get("user_id")})
+    chosen = [uuid.UUID(u) for u in user_ids[(page - 1) * per_page:page * per_page]]
+    names = {r["id"]: r["display_name"]
+             for r in await db.fetch("SELECT id, display_name FROM users WHERE id = ANY($1::uuid[])", chosen)}
+    data["viewers"] = [{"user_id": str(u), "display_name": names[u]} for u in chosen if u in names]
+    return data, len(user_ids)
