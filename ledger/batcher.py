@@ -1,0 +1,326 @@
+"""The batching engine: one writer per process applies queued submissions in set-based batches.
+
+Callers `await engine.submit(transfers)`. Submissions wait in a bounded queue; the writer takes
+what has queued (at most `batch_max` transfers, waiting at most `batch_wait_ms` after the oldest
+arrived), applies it in one transaction on its own connection (see `store`), commits, and only
+then resolves each caller with its own outcomes. Under load, batches grow by themselves: what
+queues while one batch commits forms the next.
+
+Why one writer: every batch locks its accounts until COMMIT, so two writers touching the same
+hot account would queue on its row lock; one writer per process keeps that wait to the other
+processes' batches only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from . import store
+from .apply import Batch
+from .errors import LedgerClosed, LedgerOverloaded, LedgerUnavailable
+from .model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer
+
+log = logging.getLogger("greenroom.ledger")
+
+Clock = Callable[[], datetime]
+
+# Failures after which PostgreSQL rolled the whole transaction back and a second try can succeed:
+# another process inserted one of our ids concurrently (the retry answers `exists`), a deadlock
+# or serialization failure.
+_RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _Submission:
+    transfers: Sequence[Transfer]  # empty for an expiry submission
+    metadata: list[str | None]
+    expiries: Sequence[UUID]  # empty for a transfer submission
+    future: asyncio.Future[list[Result]]
+    enqueued_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.transfers) + len(self.expiries)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    batches: int = 0
+    events: int = 0  # transfers and expiries checked (whatever their result)
+    retried_batches: int = 0
+    failed_batches: int = 0
+
+
+class Engine:
+    """See the module docstring. Create, `await start()`, `submit`..., `await close()`."""
+
+    def __init__(self, dsn: str, *, batch_max: int = 1000, batch_wait_ms: float = 2.0, queue_max: int = 100_000,
+                 batch_attempts: int = 3, metadata_max_bytes: int = 2048, statement_timeout_ms: int = 15_000,
+                 close_timeout_s: float = 10.0, clock: Clock = utc_now) -> None:
+        assert 1 <= batch_max <= queue_max
+        assert batch_wait_ms >= 0
+        assert batch_attempts >= 1
+        assert statement_timeout_ms >= 1
+        self.clock = clock
+        self.stats = EngineStats()
+        self._dsn = dsn
+        self._batch_max = batch_max
+        self._batch_wait_s = batch_wait_ms / 1000
+        self._queue_max = queue_max
+        self._attempts = batch_attempts
+        self._metadata_max_bytes = metadata_max_bytes
+        self._statement_timeout_ms = statement_timeout_ms
+        self._close_timeout_s = close_timeout_s
+        self._queue: deque[_Submission] = deque()
+        self._queued = 0  # transfers and expiries in `_queue`
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._broken: BaseException | None = None
+
+    @property
+    def batch_max(self) -> int:
+        return self._batch_max
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    async def start(self) -> None:
+        """Connect (a failure here stops the start with the database's error) and start the writer."""
+        assert self._writer is None, "started twice"
+        self._conn = await self._connect()
+        self._writer = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def submit(self, transfers: Sequence[Transfer]) -> list[Outcome]:
+        """Apply `transfers` (one submission: linked chains end inside it) and return one outcome each.
+
+        Raises LedgerOverloaded (queue full, nothing queued), LedgerClosed, LedgerUnavailable (the
+        batch failed in the database; resubmit the same ids), ValueError/TypeError for malformed
+        transfers (a programming error: nothing queued).
+        """
+        metadata = self._check(transfers)
+        results = await self._enqueue(_Submission(transfers, metadata, (), self._future(), time.monotonic()))
+        assert len(results) == len(transfers)
+        return [Outcome(t.id, r) for t, r in zip(transfers, results, strict=True)]
+
+    async def expire(self, pending_ids: Sequence[UUID]) -> list[Result]:
+        """Release these holds if they are due (the sweeper's call); one result per id."""
+        if not 1 <= len(pending_ids) <= self._batch_max:
+            raise ValueError(f"expire takes 1..{self._batch_max} ids, got {len(pending_ids)}")
+        results = await self._enqueue(_Submission((), [], pending_ids, self._future(), time.monotonic()))
+        assert len(results) == len(pending_ids)
+        return results
+
+    async def close(self) -> None:
+        """Stop taking submissions, apply what is queued (bounded by close_timeout_s), disconnect."""
+        self._closing = True
+        self._wake.set()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            try:
+                async with asyncio.timeout(self._close_timeout_s):
+                    await asyncio.shield(writer)
+            except TimeoutError:
+                log.error("ledger close timed out; dropping %d queued events", self._queued)
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+        self._fail_queued(LedgerClosed("ledger engine closed before applying this submission"))
+        await self._drop_connection()
+
+    # --- submission side -----------------------------------------------------------------
+
+    def _future(self) -> asyncio.Future[list[Result]]:
+        return asyncio.get_running_loop().create_future()
+
+    def _check(self, transfers: Sequence[Transfer]) -> list[str | None]:
+        """Reject malformed input before it can reach a batch; returns canonical metadata JSON."""
+        if not 1 <= len(transfers) <= self._batch_max:
+            raise ValueError(f"a submission has 1..{self._batch_max} transfers, got {len(transfers)}")
+        metadata: list[str | None] = []
+        for t in transfers:
+            if type(t) is not Transfer:
+                raise TypeError(f"expected Transfer, got {type(t).__name__}")
+            if type(t.id) is not UUID:
+                raise TypeError("Transfer.id must be a UUID")
+            for name in ("debit_account_id", "credit_account_id", "amount", "flags", "timeout_s"):
+                value = getattr(t, name)
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise TypeError(f"Transfer.{name} must be an int")
+            if not isinstance(t.code, Code):
+                raise TypeError("Transfer.code must be a Code")
+            if t.flags & ~TRANSFER_FLAGS_ALL or t.flags < 0:
+                raise ValueError(f"Transfer.flags has unknown bits: {t.flags}")
+            if t.pending_id is not None and type(t.pending_id) is not UUID:
+                raise TypeError("Transfer.pending_id must be a UUID or None")
+            if not 0 <= t.timeout_s <= TIMEOUT_S_MAX:
+                raise ValueError(f"Transfer.timeout_s must be in 0..{TIMEOUT_S_MAX}")
+            metadata.append(self._metadata(t.metadata))
+        return metadata
+
+    def _metadata(self, value: Mapping[str, object] | None) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise TypeError("Transfer.metadata must be a mapping or None")
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        if len(encoded) > self._metadata_max_bytes:
+            raise ValueError(f"Transfer.metadata is {len(encoded)} bytes, the limit is {self._metadata_max_bytes}")
+        return encoded.decode()
+
+    async def _enqueue(self, submission: _Submission) -> list[Result]:
+        if self._broken is not None:
+            raise LedgerUnavailable("ledger engine stopped after an invariant failed; see the log")
+        if self._closing or self._writer is None:
+            raise LedgerClosed("ledger engine is not running")
+        if self._queued + submission.size > self._queue_max:
+            raise LedgerOverloaded(f"ledger queue is full ({self._queued} of {self._queue_max} queued)")
+        self._queue.append(submission)
+        self._queued += submission.size
+        if len(self._queue) == 1 or self._queued >= self._batch_max:
+            self._wake.set()
+        return await submission.future
+
+    # --- the writer ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        # Runs for the engine's life: ends when closing has drained the queue.
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._collect()
+            batch = self._take()
+            try:
+                await self._commit(batch)
+            except asyncio.CancelledError:
+                self._fail(batch, LedgerUnavailable("ledger engine stopped during this batch; resubmit"))
+                raise
+
+    async def _collect(self) -> None:
+        """Wait until the batch is full or its oldest submission has waited batch_wait_s."""
+        if self._queued >= self._batch_max or self._closing:
+            return
+        remaining = self._queue[0].enqueued_at + self._batch_wait_s - time.monotonic()
+        if remaining <= 0:
+            return
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(remaining):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _take(self) -> list[_Submission]:
+        batch: list[_Submission] = []
+        size = 0
+        while self._queue and size + self._queue[0].size <= self._batch_max:
+            submission = self._queue.popleft()
+            size += submission.size
+            batch.append(submission)
+        assert batch, "a submission never exceeds batch_max"
+        self._queued -= size
+        assert self._queued >= 0
+        return batch
+
+    async def _commit(self, batch: list[_Submission]) -> None:
+        error: Exception
+        for attempt in range(1, self._attempts + 1):
+            try:
+                conn = self._conn if self._conn is not None else await self._connect()
+                self._conn = conn
+                results = await self._apply(conn, batch)
+            except _RETRYABLE as exc:
+                error = exc
+                if attempt < self._attempts:
+                    self.stats.retried_batches += 1
+                    log.info("ledger batch retried after %s", type(exc).__name__)
+                    continue
+            except AssertionError as exc:
+                # A broken invariant means the code is wrong: stop writing rather than write wrong.
+                log.critical("ledger invariant failed; engine stopped", exc_info=True)
+                self._broken = exc
+                await self._drop_connection()
+                error = exc
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                log.error("ledger batch failed: %s", exc)
+                await self._drop_connection()
+                error = exc
+            else:
+                self.stats.batches += 1
+                self.stats.events += sum(s.size for s in batch)
+                for submission, result in zip(batch, results, strict=True):
+                    if not submission.future.done():  # the caller may have been cancelled
+                        submission.future.set_result(result)
+                return
+            break
+        self.stats.failed_batches += 1
+        self._fail(batch, LedgerUnavailable(f"ledger batch failed ({type(error).__name__}: {error}); "
+                                            "resubmitting the same ids is safe"))
+
+    async def _apply(self, conn: asyncpg.Connection, batch: list[_Submission]) -> list[list[Result]]:
+        transfer_ids: list[UUID] = []
+        pending_ids: list[UUID] = []
+        account_ids: set[int] = set()
+        for submission in batch:
+            for t in submission.transfers:
+                transfer_ids.append(t.id)
+                account_ids.add(t.debit_account_id)
+                account_ids.add(t.credit_account_id)
+                if t.pending_id is not None:
+                    pending_ids.append(t.pending_id)
+            pending_ids.extend(submission.expiries)
+        async with conn.transaction():
+            state: Batch = await store.load(conn, transfer_ids, pending_ids, account_ids, self.clock())
+            results = [state.submit(s.transfers, s.metadata) if s.transfers else state.expire(s.expiries)
+                       for s in batch]
+            await store.write(conn, state)
+        return results
+
+    async def _connect(self) -> asyncpg.Connection:
+        # Its own connection, never the request pool: the writer must not wait behind requests.
+        # Durability is the point, so synchronous_commit is set explicitly, not inherited.
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn, timeout=self._statement_timeout_ms / 1000,
+            command_timeout=2 * self._statement_timeout_ms / 1000,
+            server_settings={"application_name": "greenroom-ledger", "synchronous_commit": "on",
+                             "statement_timeout": str(self._statement_timeout_ms)})
+        return conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), timeout=self._close_timeout_s)
+            except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError):
+                conn.terminate()
+
+    def _fail(self, batch: list[_Submission], error: Exception) -> None:
+        for submission in batch:
+            if not submission.future.done():
+                # One instance per caller: a raised exception collects its own traceback.
+                submission.future.set_exception(type(error)(*error.args))
+
+    def _fail_queued(self, error: Exception) -> None:
+        batch = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        self._fail(batch, error)
