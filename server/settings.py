@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     ledger_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch collects.")
     ledger_queue_max: int = Field(100_000, ge=1, description="Transfers queued before submit fails fast.")
     ledger_sweep_interval_s: float = Field(1.0, gt=0, description="How often expired holds are voided.")
+    ledger_sweep_batch_max: int = Field(1000, ge=1, le=8190, description="Most holds one sweep expires.")
+    ledger_batch_attempts: int = Field(3, ge=1, le=10,
+                                       description="Tries of a batch that PostgreSQL rolled back (deadlock, "
+                                                   "an id inserted concurrently by another process).")
+    ledger_metadata_max_bytes: int = Field(2048, ge=64, le=65536, description="Largest metadata JSON of a transfer.")
     tip_fee_bps: int = Field(2000, ge=0, le=10000, description="Platform fee on tips, basis points.")
     tip_max_tokens: int = Field(1_000_000, ge=1, description="Largest single tip.")
     payout_min_tokens: int = Field(1000, ge=1, description="Smallest payout request.")
