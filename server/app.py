@@ -17,6 +17,7 @@ from .access import access_middleware
 from .auth import auth_context
 from .db import create_pool
 from .errors import ApiError
+from .ledger_service import ledger_context
 from .metrics import Metrics
 from .migrator import migrate
 from .ratelimit import MemoryLimiter, RedisLimiter
@@ -114,7 +115,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     # Torn down in reverse order, after `app.on_shutdown` (where sockets close with 1001) and after
     # in-flight requests finished, so handlers still have their pools while they drain.
-    contexts: list[Ctx] = [database, auth_context, redis, limiter, retention_context]
+    contexts: list[Ctx] = [database, auth_context, redis, limiter, retention_context, ledger_context(dsn)]
     app.cleanup_ctx.extend(contexts)
     mount(app, ROUTERS)
     return app

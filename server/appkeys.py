@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from aiohttp import web
 
+from ledger import Engine
 from signaling.broker import Broker
 from signaling.hub import Hub, Presence
 
@@ -28,6 +29,7 @@ METRICS = web.AppKey("metrics", Metrics)
 BROKER = web.AppKey("broker", Broker)  # room streams between nodes (memory or Redis)
 PRESENCE = web.AppKey("presence", Presence)  # who is in which room, across nodes
 HUB = web.AppKey("hub", Hub)  # this node's rooms and sockets; `publish` is how features emit events
+LEDGER = web.AppKey("ledger", Engine)  # the batching engine: `await app[LEDGER].submit(transfers)`
 # Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
 BACKGROUND = web.AppKey("background", list)
 
