@@ -1,3 +1,4 @@
 """Commands contributed by other parts (users, demo, audit) register on import here."""
 
 from . import cli_users  # noqa: F401  (users create, keys rotate|list)
+from .cli_ledger import audit_cmd  # noqa: F401  (audit)
