@@ -23,6 +23,7 @@ from .migrator import migrate
 from .ratelimit import MemoryLimiter, RedisLimiter
 from .routing import json_response
 from .settings import Settings
+from .web import add_web_routes
 
 log = logging.getLogger("greenroom.http")
 
@@ -118,4 +119,5 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     contexts: list[Ctx] = [database, auth_context, redis, limiter, retention_context, ledger_context(dsn)]
     app.cleanup_ctx.extend(contexts)
     mount(app, ROUTERS)
+    add_web_routes(app)
     return app
