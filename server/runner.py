@@ -1,12 +1,24 @@
-"""Process model: resolve services once, then one or N workers sharing the port (SO_REUSEPORT)."""
+"""Process model: resolve services once, then one or N workers sharing the port (SO_REUSEPORT).
+
+Stopping: SIGTERM or SIGINT makes a worker stop accepting, run `app.on_shutdown` (the socket
+layer closes websockets with 1001 "going away" there), wait up to `shutdown_timeout_s` for
+in-flight requests, then tear down the lifecycle contexts (ledger batches, pools) in reverse
+order. With several workers the parent turns its SIGTERM/SIGINT into exactly one SIGTERM per
+worker (workers ignore SIGINT, so a terminal's Ctrl-C, which reaches the whole process group,
+is not counted twice), waits for them, and only then stops the embedded PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 import sys
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 
 from aiohttp import web
 
@@ -15,24 +27,63 @@ from .settings import Settings
 
 log = logging.getLogger("greenroom.runner")
 
+EXIT_UNCLEAN = 1
 
-def _install_loop() -> None:
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     if sys.platform != "win32":
         import uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
-def run_worker(settings: Settings, dsn: str, reuse_port: bool) -> None:
-    """One worker: build the app and serve until SIGINT/SIGTERM, then drain (bounded)."""
+def stop_bound_s(settings: Settings) -> float:
+    """The longest a worker takes to stop: the drain, then as long again for teardown."""
+    return 2 * settings.shutdown_timeout_s + 5
+
+
+async def serve_app(app: web.Application, settings: Settings, *, reuse_port: bool,
+                    stop_on: tuple[signal.Signals, ...]) -> int:
+    """Serve until one of `stop_on` arrives, then drain (bounded); 0 when the stop was clean."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=settings.shutdown_timeout_s)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in stop_on:
+        loop.add_signal_handler(sig, stop.set)  # a repeated signal changes nothing
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
+        await site.start()
+        log.info("worker ready", extra={"pid": os.getpid(), "port": settings.port})
+        await stop.wait()
+        log.info("worker draining", extra={"pid": os.getpid(), "bound_s": stop_bound_s(settings)})
+    finally:
+        try:
+            async with asyncio.timeout(stop_bound_s(settings)):
+                await runner.cleanup()
+        except TimeoutError:
+            log.error("worker did not stop within its bound", extra={"pid": os.getpid()})
+            return EXIT_UNCLEAN
+    log.info("worker stopped", extra={"pid": os.getpid()})
+    return 0
+
+
+def run_worker(settings: Settings, dsn: str, reuse_port: bool, pooled: bool = False) -> int:
+    """One worker: build the app and serve until told to stop."""
     from .app import create_app
 
+    if pooled:  # the parent forwards Ctrl-C as SIGTERM; see the module docstring
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure(settings.log_level)
-    _install_loop()
-    app = create_app(settings, dsn)
-    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port,
-                shutdown_timeout=settings.shutdown_timeout_s, print=None, access_log=None,
-                handle_signals=True)
+    stop_on = (signal.SIGTERM,) if pooled else (signal.SIGTERM, signal.SIGINT)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve_app(create_app(settings, dsn), settings, reuse_port=reuse_port, stop_on=stop_on))
+
+
+def _pooled_worker(settings: Settings, dsn: str) -> None:
+    sys.exit(run_worker(settings, dsn, reuse_port=True, pooled=True))
 
 
 async def _migrate(dsn: str) -> None:
@@ -48,6 +99,46 @@ async def _migrate(dsn: str) -> None:
         log.info("migrations applied", extra={"count": len(applied)})
 
 
+def _supervise(settings: Settings, dsn: str) -> int:
+    """Start the workers; stop them all on a signal or when one dies; 0 only if all stopped cleanly."""
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[BaseProcess] = []
+    stopping = False
+
+    def stop_all(signum: int = 0, _frame: object = None) -> None:
+        nonlocal stopping
+        if not stopping and signum:
+            log.info("stopping workers", extra={"signal": signal.Signals(signum).name})
+        stopping = True
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for _ in range(settings.workers):
+            worker = ctx.Process(target=_pooled_worker, args=(settings, dsn), daemon=False)
+            worker.start()
+            procs.append(worker)
+        if stopping:  # a signal arrived while workers were starting
+            stop_all()
+        live = {p.sentinel: p for p in procs}
+        while live:
+            ready = wait(list(live))
+            for proc in [q for sentinel, q in live.items() if sentinel in ready]:
+                del live[proc.sentinel]
+                proc.join()
+                if not stopping:
+                    log.error("worker exited unexpectedly; stopping the others",
+                              extra={"pid": proc.pid, "exitcode": proc.exitcode})
+                    stop_all()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    codes = [p.exitcode for p in procs]
+    return 0 if all(code == 0 for code in codes) else EXIT_UNCLEAN
+
+
 def serve_forever(settings: Settings) -> int:
     from .services import database_dsn
 
@@ -57,24 +148,5 @@ def serve_forever(settings: Settings) -> int:
         log.info("serving", extra={"url": f"http://{settings.host}:{settings.port}/",
                                    "workers": settings.workers, "redis": bool(settings.redis_url)})
         if settings.workers == 1:
-            run_worker(settings, dsn, reuse_port=False)
-            return 0
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=run_worker, args=(settings, dsn, True), daemon=False)
-                 for _ in range(settings.workers)]
-        for p in procs:
-            p.start()
-
-        def forward(_signum: int, _frame: object) -> None:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()  # SIGTERM: each worker drains on its own
-
-        signal.signal(signal.SIGTERM, forward)
-        try:
-            for p in procs:
-                p.join()
-        except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; workers drain on their own
-            for p in procs:
-                p.join(timeout=settings.shutdown_timeout_s + 5)
-        return max((p.exitcode or 0) for p in procs)
+            return run_worker(settings, dsn, reuse_port=False)
+        return _supervise(settings, dsn)

@@ -91,7 +91,6 @@ class ServerProcess:
             self._log.close()
 
     def output(self) -> str:
-        self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:

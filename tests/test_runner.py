@@ -1,0 +1,197 @@
+"""Real server processes: graceful SIGTERM with a request in flight, two workers on one port,
+a dying worker stopping the pool, and the drain order seen from inside (sockets before pools)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+
+from server import appkeys
+from server.app import create_app
+from server.runner import serve_app, stop_bound_s
+from server.settings import Settings
+from tests.ops_support import ServerProcess
+from tests.services import free_port
+
+pytestmark = pytest.mark.slow
+
+SHUTDOWN_S = 5.0
+
+
+def server(tmp_path: Path, dsn: str, *args: str) -> ServerProcess:
+    return ServerProcess({"DATABASE_URL": dsn, "GREENROOM_DATA_DIR": str(tmp_path / "data"),
+                          "GREENROOM_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S)},
+                         args, drop=("REDIS_URL",), log_path=tmp_path / "server.log")
+
+
+def get_json(url: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return orjson.loads(resp.read())["data"]  # type: ignore[no-any-return]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not serving; its parent has simply not reaped it yet.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path, dsn: str) -> None:
+    srv = server(tmp_path, dsn)
+    locker = await asyncpg.connect(dsn)
+    watcher = await asyncpg.connect(dsn)
+    try:
+        srv.wait_ready()
+        # Hold the request inside its handler deterministically: it blocks on our table lock.
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        email = f"drain-{uuid.uuid4().hex[:8]}@example.com"
+        body = orjson.dumps({"email": email, "password": "Drain-Test-2024", "display_name": "Drain"})
+        conn = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        conn.sendall((f"POST /v1/auth/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        for _ in range(200):
+            waiting = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND application_name = 'greenroom'")
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1, srv.output()
+        srv.signal(signal.SIGTERM)
+        for _ in range(200):
+            if "worker draining" in srv.output():
+                break
+            await asyncio.sleep(0.05)
+        assert "worker draining" in srv.output()
+        with pytest.raises(ConnectionRefusedError):  # no longer accepting
+            socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+        await asyncio.sleep(0.5)
+        assert srv.proc.poll() is None  # waiting for our request, not gone
+        await tx.commit()
+        response = b""
+        while not response.endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+        conn.close()
+        status_line, _, rest = response.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 201 Created", response
+        assert orjson.loads(rest.split(b"\r\n\r\n", 1)[1])["data"]["user"]["email"] == email
+        assert srv.wait_exit(stop_bound_s(load_bound())) == 0, srv.output()
+        assert await watcher.fetchval("SELECT count(*) FROM users WHERE email = $1", email) == 1
+    finally:
+        srv.kill()
+        await locker.close()
+        await watcher.close()
+
+
+def load_bound() -> Settings:
+    from server.settings import load_settings
+
+    return load_settings(shutdown_timeout_s=SHUTDOWN_S)
+
+
+def test_two_workers_share_one_port_and_stop_together(tmp_path: Path, dsn: str) -> None:
+    srv = server(tmp_path, dsn, "--workers", "2")
+    try:
+        srv.wait_ready()
+        pids: set[int] = set()
+        for _ in range(300):  # each request on a new connection; the kernel spreads them by port hash
+            status = get_json(srv.url + "/v1/status")
+            assert status["workers"] == 2
+            pids.add(status["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, pids
+        assert srv.proc.pid not in pids and os.getpid() not in pids
+        srv.signal(signal.SIGTERM)
+        assert srv.wait_exit(stop_bound_s(load_bound()) + 5) == 0, srv.output()
+        assert not any(alive(pid) for pid in pids)
+        assert srv.output().count("worker stopped") == 2
+    finally:
+        srv.kill()
+
+
+def test_a_dying_worker_stops_the_pool_with_an_error(tmp_path: Path, dsn: str) -> None:
+    srv = server(tmp_path, dsn, "--workers", "2")
+    try:
+        srv.wait_ready()
+        pids: set[int] = set()
+        for _ in range(300):
+            pids.add(get_json(srv.url + "/v1/status")["pid"])
+            if len(pids) == 2:
+                break
+        victim, other = sorted(pids)
+        os.kill(victim, signal.SIGKILL)
+        assert srv.wait_exit(stop_bound_s(load_bound()) + 5) == 1
+        assert not alive(other)
+        assert "worker exited unexpectedly" in srv.output()
+    finally:
+        srv.kill()
+
+
+async def test_shutdown_closes_sockets_going_away_while_pools_are_open(
+        make_settings: Callable[..., Settings], dsn: str) -> None:
+    """What the socket layer relies on: `on_shutdown` runs first, with the database still usable."""
+    settings = make_settings(port=free_port(), shutdown_timeout_s=SHUTDOWN_S)
+    app = create_app(settings, dsn)
+    sockets: set[web.WebSocketResponse] = set()
+    seen_in_shutdown: list[int] = []
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sockets.add(ws)
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            sockets.discard(ws)
+        return ws
+
+    async def going_away(app: web.Application) -> None:
+        seen_in_shutdown.append(await app[appkeys.DB].fetchval("SELECT 1"))
+        for ws in list(sockets):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+    app.router.add_get("/test-ws", ws_handler)
+    app.on_shutdown.append(going_away)
+    task = asyncio.create_task(serve_app(app, settings, reuse_port=False, stop_on=(signal.SIGUSR1,)))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                ws = await session.ws_connect(f"http://127.0.0.1:{settings.port}/test-ws")
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        msg = await asyncio.wait_for(ws.receive(), timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert msg.data == aiohttp.WSCloseCode.GOING_AWAY
+        assert msg.extra == "server shutdown"
+        await ws.close()
+    assert await asyncio.wait_for(task, timeout=stop_bound_s(settings)) == 0
+    assert seen_in_shutdown == [1]
+    assert app[appkeys.DB].is_closing()
