@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import socket
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable
