@@ -23,6 +23,29 @@ from tests.services import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped) does not count."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def exits_soon(pid: int, within_s: float = 10.0) -> bool:
+    """Wait (bounded) for `pid` to be gone: a process that removed its pid file may still be exiting."""
+    deadline = time.monotonic() + within_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 class PlainAuthenticator:
     """Tokens `<role>:<uuid>` name the caller outright, so rate-limit and log tests can choose users.
 

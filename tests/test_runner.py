@@ -22,7 +22,7 @@ from server import appkeys
 from server.app import create_app
 from server.runner import serve_app, stop_bound_s
 from server.settings import Settings
-from tests.ops_support import ServerProcess
+from tests.ops_support import ServerProcess, exits_soon
 from tests.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -39,19 +39,6 @@ def server(tmp_path: Path, dsn: str, *args: str) -> ServerProcess:
 def get_json(url: str) -> dict:  # type: ignore[type-arg]
     with urllib.request.urlopen(url, timeout=5) as resp:
         return orjson.loads(resp.read())["data"]  # type: ignore[no-any-return]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is not serving; its parent has simply not reaped it yet.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path, dsn: str) -> None:
@@ -127,7 +114,7 @@ def test_two_workers_share_one_port_and_stop_together(tmp_path: Path, dsn: str) 
         assert srv.proc.pid not in pids and os.getpid() not in pids
         srv.signal(signal.SIGTERM)
         assert srv.wait_exit(stop_bound_s(load_bound()) + 5) == 0, srv.output()
-        assert not any(alive(pid) for pid in pids)
+        assert all(exits_soon(pid) for pid in pids)
         assert srv.output().count("worker stopped") == 2
     finally:
         srv.kill()
@@ -145,7 +132,7 @@ def test_a_dying_worker_stops_the_pool_with_an_error(tmp_path: Path, dsn: str) -
         victim, other = sorted(pids)
         os.kill(victim, signal.SIGKILL)
         assert srv.wait_exit(stop_bound_s(load_bound()) + 5) == 1
-        assert not alive(other)
+        assert exits_soon(other)
         assert "worker exited unexpectedly" in srv.output()
     finally:
         srv.kill()
