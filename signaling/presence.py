@@ -1,0 +1,331 @@
+"""Presence: who is in a room, on this node (`MemoryPresence`) or across nodes (`RedisPresence`).
+
+An entry is one client (connection) in one channel with a small JSON-able `info` dict. The
+distinct-user count groups entries by `info["user_id"]`; an entry without one (a guest) counts as
+a user of its own.
+
+Across nodes each entry carries an expiry: the node holding the client refreshes all its entries
+every `ttl_s / 3` (one pipelined round trip per tick), and every read first drops expired entries,
+so the clients of a node that died leave members and counts within `ttl_s`. Nodes register
+themselves the same way (`nodes()`), which tells the live nodes apart from the dead ones.
+
+Redis layout per channel (one hash tag, so one slot; all four expire together after `ttl_s`
+without a refresh):
+- `…:presence:exp`   ZSET client -> expiry (ms, Redis clock)
+- `…:presence:info`  HASH client -> info JSON
+- `…:presence:user`  HASH client -> user key
+- `…:presence:users` HASH user key -> number of its live clients (HLEN = distinct users)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import Counter
+from typing import Any, Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+from .redis_keys import NODES_KEY, binary_client, room_key
+
+log = logging.getLogger("greenroom.presence")
+
+PURGE_ROUNDS_MAX = 100  # purge calls per read; each drops up to `purge_batch` expired entries
+HMGET_CHUNK = 1000  # Lua's unpack() has a small stack limit
+
+Info = dict[str, Any]
+
+
+def user_key(client_id: str, info: Info) -> str:
+    user_id = info.get("user_id")
+    return f"c:{client_id}" if user_id is None else f"u:{user_id}"
+
+
+class Presence(Protocol):
+    async def start(self) -> None:
+        """Register this node and begin refreshing its entries."""
+
+    async def add(self, channel: str, client_id: str, info: Info) -> None:
+        """Insert or replace the client's entry in the channel."""
+
+    async def remove(self, channel: str, client_id: str) -> None:
+        """Drop the client's entry (idempotent)."""
+
+    async def members(self, channel: str, limit: int) -> dict[str, Info]:
+        """Up to `limit` live entries, client id -> info."""
+
+    async def counts(self, channel: str) -> tuple[int, int]:
+        """(live clients, distinct users) in the channel."""
+
+    async def nodes(self) -> list[str]:
+        """Ids of the nodes alive now."""
+
+    async def close(self) -> None:
+        """Stop refreshing. Entries still listed expire within the TTL (a clean shutdown removes its
+        clients first)."""
+
+
+class MemoryPresence:
+    """One process: entries live exactly as long as add/remove say (a process that dies takes its
+    clients with it). Bounded by the clients the hub admits (connections times rooms per connection)."""
+
+    def __init__(self, node_id: str = "local") -> None:
+        self.node_id = node_id
+        self._rooms: dict[str, dict[str, tuple[str, Info]]] = {}
+        self._users: dict[str, Counter[str]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def add(self, channel: str, client_id: str, info: Info) -> None:
+        room = self._rooms.setdefault(channel, {})
+        users = self._users.setdefault(channel, Counter())
+        old = room.get(client_id)
+        if old is not None:
+            self._forget_user(users, old[0])
+        key = user_key(client_id, info)
+        room[client_id] = (key, dict(info))
+        users[key] += 1
+
+    async def remove(self, channel: str, client_id: str) -> None:
+        room = self._rooms.get(channel)
+        if room is None or client_id not in room:
+            return
+        key, _ = room.pop(client_id)
+        self._forget_user(self._users[channel], key)
+        if not room:
+            del self._rooms[channel]
+            del self._users[channel]
+
+    async def members(self, channel: str, limit: int) -> dict[str, Info]:
+        out: dict[str, Info] = {}
+        for client_id, (_, info) in self._rooms.get(channel, {}).items():
+            if len(out) >= limit:
+                break
+            out[client_id] = dict(info)
+        return out
+
+    async def counts(self, channel: str) -> tuple[int, int]:
+        return len(self._rooms.get(channel, {})), len(self._users.get(channel, {}))
+
+    async def nodes(self) -> list[str]:
+        return [self.node_id]
+
+    async def close(self) -> None:
+        self._rooms.clear()
+        self._users.clear()
+
+    @staticmethod
+    def _forget_user(users: Counter[str], key: str) -> None:
+        users[key] -= 1
+        if users[key] <= 0:
+            del users[key]
+
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS of the channel scripts: exp, info, user, users
+_DROP = """
+local function drop(client)
+  local user = redis.call('HGET', KEYS[3], client)
+  if user then
+    if redis.call('HINCRBY', KEYS[4], user, -1) <= 0 then redis.call('HDEL', KEYS[4], user) end
+    redis.call('HDEL', KEYS[3], client)
+  end
+  redis.call('HDEL', KEYS[2], client)
+  redis.call('ZREM', KEYS[1], client)
+end
+"""
+
+ADD_LUA = _NOW_MS + """
+-- ARGV: ttl_ms, then (client, user key, info) triples
+local expires = string.format('%d', now + tonumber(ARGV[1]))
+for i = 2, #ARGV, 3 do
+  local client, user = ARGV[i], ARGV[i + 1]
+  local old = redis.call('HGET', KEYS[3], client)
+  if old ~= user then
+    if old then
+      if redis.call('HINCRBY', KEYS[4], old, -1) <= 0 then redis.call('HDEL', KEYS[4], old) end
+    end
+    redis.call('HSET', KEYS[3], client, user)
+    redis.call('HINCRBY', KEYS[4], user, 1)
+  end
+  redis.call('ZADD', KEYS[1], expires, client)
+  redis.call('HSET', KEYS[2], client, ARGV[i + 2])
+end
+for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ARGV[1]) end
+return 0
+"""
+
+REMOVE_LUA = _DROP + """
+-- ARGV: clients
+for i = 1, #ARGV do drop(ARGV[i]) end
+return 0
+"""
+
+READ_LUA = _NOW_MS + _DROP + """
+-- ARGV: purge batch, 'counts' or 'members', limit
+-- Returns {more, ...}: more = 1 while expired entries are left to drop (call again).
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
+for i = 1, #expired do drop(expired[i]) end
+local more = 0
+if #expired >= tonumber(ARGV[1]) then more = 1 end
+if ARGV[2] == 'counts' then
+  return {more, redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[4])}
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, ARGV[3])
+local infos = {}
+for i = 1, #ids, CHUNK do
+  local part = redis.call('HMGET', KEYS[2], unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+  for j = 1, #part do infos[#infos + 1] = part[j] end
+end
+return {more, ids, infos}
+""".replace("CHUNK", str(HMGET_CHUNK))
+
+NODE_BEAT_LUA = _NOW_MS + """
+-- ARGV: node id, ttl_ms
+redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
+return 0
+"""
+
+NODES_LUA = _NOW_MS + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+def _keys(channel: str) -> list[str]:
+    return [room_key(channel, f"presence:{part}") for part in ("exp", "info", "user", "users")]
+
+
+class RedisPresence:
+    def __init__(self, redis: Redis | str, node_id: str, ttl_s: float, *,
+                 refresh_batch: int = 500, purge_batch: int = 1000) -> None:
+        if ttl_s <= 0 or refresh_batch < 1 or purge_batch < 1:
+            raise ValueError("ttl_s, refresh_batch and purge_batch must be positive")
+        self._redis, self._owns_client = binary_client(redis)
+        self.node_id = node_id
+        self._ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        self._interval_s = ttl_s / 3
+        self._refresh_batch = refresh_batch
+        self._purge_batch = purge_batch
+        self._add: Any = self._redis.register_script(ADD_LUA)
+        self._remove: Any = self._redis.register_script(REMOVE_LUA)
+        self._read: Any = self._redis.register_script(READ_LUA)
+        self._node_beat: Any = self._redis.register_script(NODE_BEAT_LUA)
+        self._nodes: Any = self._redis.register_script(NODES_LUA)
+        # This node's entries: channel -> client -> (user key, info JSON); the heartbeat source.
+        self._local: dict[str, dict[str, tuple[str, bytes]]] = {}
+        # Removed while a heartbeat was in flight: removed again after it, since the heartbeat may
+        # have written them back.
+        self._removed_in_tick: set[tuple[str, str]] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._heartbeat is not None:
+            raise RuntimeError("presence already started")
+        await self._tick()
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"presence-heartbeat-{self.node_id}")
+
+    async def add(self, channel: str, client_id: str, info: Info) -> None:
+        entry = (user_key(client_id, info), orjson.dumps(info))
+        room = self._local.setdefault(channel, {})
+        previous = room.get(client_id)
+        room[client_id] = entry
+        try:
+            await self._add(keys=_keys(channel), args=[self._ttl_ms, client_id, *entry])
+        except BaseException:
+            # The caller sees a failure, so a later heartbeat must not list the client either.
+            if previous is None:
+                self._forget(channel, client_id)
+            else:
+                room[client_id] = previous
+            raise
+
+    async def remove(self, channel: str, client_id: str) -> None:
+        self._forget(channel, client_id)
+        if self._removed_in_tick is not None:
+            self._removed_in_tick.add((channel, client_id))
+        await self._remove(keys=_keys(channel), args=[client_id])
+
+    async def members(self, channel: str, limit: int) -> dict[str, Info]:
+        if limit <= 0:
+            return {}
+        reply = await self._read_fresh(channel, "members", limit)
+        return {cid.decode(): orjson.loads(info) for cid, info in zip(reply[1], reply[2], strict=True)
+                if info is not None}
+
+    async def counts(self, channel: str) -> tuple[int, int]:
+        reply = await self._read_fresh(channel, "counts", 0)
+        return int(reply[1]), int(reply[2])
+
+    async def nodes(self) -> list[str]:
+        return sorted(n.decode() for n in await self._nodes(keys=[NODES_KEY], args=[]))
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        try:
+            await self._redis.zrem(NODES_KEY, self.node_id)
+        except Exception as exc:
+            log.warning("presence: could not deregister node %s: %s", self.node_id, exc)
+        self._local.clear()
+        if self._owns_client:
+            await self._redis.aclose()
+
+    async def _read_fresh(self, channel: str, mode: str, limit: int) -> list[Any]:
+        """The read script's answer once expired entries are gone. After PURGE_ROUNDS_MAX calls the
+        client count is still exact (live entries only) but distinct users may include expired ones."""
+        for _ in range(PURGE_ROUNDS_MAX):
+            reply: list[Any] = await self._read(keys=_keys(channel), args=[self._purge_batch, mode, limit])
+            if reply[0] == 0:
+                break
+        else:
+            log.warning("presence: %s still has expired entries after %d purges", channel, PURGE_ROUNDS_MAX)
+        return reply
+
+    def _forget(self, channel: str, client_id: str) -> None:
+        room = self._local.get(channel)
+        if room is not None:
+            room.pop(client_id, None)
+            if not room:
+                del self._local[channel]
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("presence heartbeat failed: %s", exc, extra={"node": self.node_id})
+
+    async def _tick(self) -> None:
+        """Refresh this node and every local entry in one pipelined round trip."""
+        self._removed_in_tick = set()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            await self._node_beat(keys=[NODES_KEY], args=[self.node_id, self._ttl_ms], client=pipe)
+            for channel, room in list(self._local.items()):
+                entries = list(room.items())
+                for i in range(0, len(entries), self._refresh_batch):
+                    args: list[Any] = [self._ttl_ms]
+                    for client_id, (key, info) in entries[i:i + self._refresh_batch]:
+                        args += (client_id, key, info)
+                    await self._add(keys=_keys(channel), args=args, client=pipe)
+            await pipe.execute()
+        finally:
+            removed, self._removed_in_tick = self._removed_in_tick, None
+        for channel, client_id in removed:
+            if client_id not in self._local.get(channel, {}):
+                await self._remove(keys=_keys(channel), args=[client_id])
