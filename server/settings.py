@@ -118,6 +118,26 @@ class Settings(BaseSettings):
                                        description="Stripe webhook signing secret.")
     stripe_api_base: str = Field("", validation_alias="STRIPE_API_BASE",
                                  description="Override Stripe's API address (tests, proxies).")
+    stripe_timeout_s: float = Field(10.0, gt=0, le=120, description="Bound on one Stripe API call.")
+    stripe_max_network_retries: int = Field(2, ge=0, le=5,
+                                            description="Retries of a failed Stripe API call (same idempotency key).")
+    stripe_clawback_attempts: int = Field(5, ge=1, le=20, description=(
+        "Tries to claw back tokens from a wallet that is being spent at the same moment before "
+        "the rest is recorded as debt."))
+    stripe_waiting_events_max: int = Field(100, ge=1, le=10_000, description=(
+        "Refund/dispute events held per payment until its purchase is known (events arriving "
+        "before checkout completion); more are refused with 503 so Stripe retries them."))
+    tip_message_max_chars: int = Field(200, ge=0, le=1000, description="Longest message attached to a tip.")
+    tip_top_tippers: int = Field(5, ge=0, le=100, description="Top tippers listed in each `tip.received` event.")
+    tip_record_batch_max: int = Field(500, ge=1, le=5000, description=(
+        "Stream tip records written in one transaction (one update of the stream's hot total row)."))
+    tip_record_wait_ms: float = Field(5.0, ge=0, le=1000, description="How long stream tip records collect.")
+    tip_record_queue_max: int = Field(20_000, ge=1, description="Stream tip records waiting before tips fail fast.")
+    payout_hold_timeout_s: int = Field(30 * 86400, ge=60, le=2**31 - 1, description=(
+        "How long a payout request holds earnings; an unresolved one expires and releases them."))
+    admin_adjust_max_tokens: int = Field(10_000_000, ge=1, description="Largest single admin wallet adjustment.")
+    ledger_account_cache_max: int = Field(100_000, ge=1, description=(
+        "Account ids (per user and kind) one process keeps cached; they never change once created."))
 
     # --- room socket ---------------------------------------------------------------------
     ws_auth_timeout_s: float = Field(5.0, gt=0, le=60, description="Time to send `auth` after connecting.")
