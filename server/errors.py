@@ -24,6 +24,8 @@ STATUS: dict[str, int] = {
     "PAYLOAD_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "INSUFFICIENT_BALANCE": 409,
+    "WALLET_RESTRICTED": 403,  # the wallet owes tokens from a refunded/disputed purchase: no tips, no payouts
+    "PAYMENT_PROVIDER_ERROR": 502,  # Stripe refused or failed a call
     "RATE_LIMIT_EXCEEDED": 429,
     "SLOW_MODE": 429,
     "UNKNOWN_OP": 400,  # socket: no such op
