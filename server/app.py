@@ -77,6 +77,7 @@ async def connect_redis(settings: Settings) -> Redis:
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """Build the application for one worker; `dsn` is the resolved PostgreSQL DSN."""
     from rest import ROUTERS
+    from signaling.endpoint import setup_socket
     from signaling.retention import retention_context
 
     from .routing import mount
@@ -118,6 +119,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     # in-flight requests finished, so handlers still have their pools while they drain.
     contexts: list[Ctx] = [database, auth_context, redis, limiter, retention_context, ledger_context(dsn)]
     app.cleanup_ctx.extend(contexts)
+    setup_socket(app)  # after `contexts`: the hub starts once Redis is up and stops before it goes
     mount(app, ROUTERS)
     add_web_routes(app)
     return app

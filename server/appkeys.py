@@ -9,7 +9,8 @@ from aiohttp import web
 
 from ledger import Engine
 from signaling.broker import Broker
-from signaling.hub import Hub, Presence
+from signaling.hub import Hub
+from signaling.presence import Presence
 
 from .identity import Authenticator
 from .limits import Limiter

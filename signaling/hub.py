@@ -18,9 +18,10 @@ in a backlog; after the join reply (which carries the missed events) is queued, 
 replayed from the first offset past the history, so history and live stream meet without gap
 or duplicate.
 
-Viewer counts come from presence (all nodes) at most once per `viewer_count_interval_s` per
-room, and only when the count changed; `member.joined` / `member.left` (with history) are
-published for performers and moderators only, so a big room has no per-viewer join storm.
+Viewer counts (distinct users; each guest counts as one) come from presence (all nodes), at
+most once per `viewer_count_interval_s` per room and only when the count changed;
+`member.joined` / `member.left` (with history) are published for performers and moderators
+only, so a big room has no per-viewer join storm.
 Control events `member.kicked` / `member.banned` carrying `data.user_id` remove that user's
 local connections from the room right after delivering the event, on every node.
 """
@@ -32,7 +33,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -41,6 +42,7 @@ from server.errors import ApiError
 from .broker import Broker, Publication, StreamPosition
 from .connection import Connection, Membership, Outbox
 from .frames import text_frame
+from .presence import Presence
 from .protocol import Close, event_body, event_payload
 
 if TYPE_CHECKING:
@@ -51,16 +53,6 @@ log = logging.getLogger("greenroom.hub")
 
 STAFF_ROLES = frozenset({"performer", "moderator"})
 _EJECTING = (b'{"type":"member.kicked"', b'{"type":"member.banned"')
-
-
-class Presence(Protocol):
-    async def add(self, room: str, conn_id: str, info: dict[str, Any]) -> None: ...
-
-    async def remove(self, room: str, conn_id: str) -> None: ...
-
-    async def count(self, room: str) -> int: ...
-
-    async def members(self, room: str, limit: int) -> list[dict[str, Any]]: ...
 
 
 class Room:
@@ -443,9 +435,10 @@ class Hub:
 
     async def presence_of(self, name: str, limit: int) -> dict[str, Any]:
         """The room's member count and up to `limit` members, across every node."""
-        count = await self.presence.count(name)
+        clients, users = await self.presence.counts(name)
         members = await self.presence.members(name, limit)
-        return {"count": count, "members": members}
+        return {"count": users, "connections": clients,
+                "members": [{"conn_id": conn_id, **info} for conn_id, info in members.items()]}
 
     async def _count_viewers(self) -> None:
         interval = self.settings.viewer_count_interval_s
@@ -455,7 +448,7 @@ class Hub:
                 if not room.members or not room.ready.done():
                     continue
                 try:
-                    count = await self.presence.count(room.name)
+                    _, count = await self.presence.counts(room.name)
                 except Exception:
                     log.exception("presence count failed for %s", room.name)
                     continue

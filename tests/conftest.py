@@ -19,6 +19,8 @@ from tests.services import PostgresForTests, RedisForTests
 
 _redis_dbs = itertools.count(1)
 
+pytest_plugins = ("tests.socket_support",)  # `backend` (memory | redis) and `socket_client` fixtures
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresForTests]:

@@ -1,0 +1,203 @@
+"""`GET /ws`: the room socket. Auth phase, then one envelope at a time, each answered by a reply.
+
+Auth: `?token=<access token>` on the URL, `?guest=1` for a guest, or else a first `auth` op
+(`{"op":"auth","ref":0,"data":{"token":"..."}}`, or `"data":{}` for a guest) within
+`ws_auth_timeout_s`; otherwise the socket is closed 4001. A bad token in the auth phase closes
+4001 too (after the error reply when it came as an op). The session ends with 4003 at the
+token's `exp` unless an `auth` op with a fresh token for the same user came first.
+
+Every inbound frame gets a reply with its `ref` (`null` when the frame had no usable ref):
+malformed JSON, a non-object, a bad envelope, an unknown op, a binary frame, an op needing a
+user or a joined room, and data failing the op's schema are all error replies; the socket
+stays open. Only an inbound frame over `ws_max_frame_bytes` (1009, aiohttp's reader refuses it
+before it is buffered) and the close codes in `protocol.Close` end a session.
+
+Ops of one socket run one at a time, in arrival order: a `chat.send` right after a `join` finds
+the room joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from server import appkeys
+from server.errors import ApiError
+from server.routing import validation_details
+
+from .backend import create_broker, create_presence, new_node_id
+from .connection import Connection
+from .hub import Hub
+from .protocol import MAX_REF, OPS, Close, Envelope, OpContext, reply_error, reply_ok
+
+log = logging.getLogger("greenroom.socket")
+
+# Modules whose import registers socket ops: the core ops and the room features.
+OP_MODULES = ("signaling.session_ops", "signaling.features")
+
+
+def setup_socket(app: web.Application) -> None:
+    """Route, lifecycle (broker, presence, hub) and the shutdown hook that closes sockets with 1001."""
+    for module in OP_MODULES:
+        importlib.import_module(module)
+    app.router.add_get("/ws", websocket)
+    app.cleanup_ctx.append(_socket_services)
+    app.on_shutdown.append(_close_all)
+
+
+async def _socket_services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    redis = appkeys.redis_of(app)
+    node_id = new_node_id()  # one id for broker and presence, so a dead node's entries are found
+    broker = create_broker(settings, redis, node_id=node_id)
+    presence = create_presence(settings, redis, node_id=node_id)
+    hub = Hub(broker, presence, settings, app.get(appkeys.METRICS))
+    app[appkeys.BROKER] = broker
+    app[appkeys.PRESENCE] = presence
+    app[appkeys.HUB] = hub
+    await presence.start()
+    await hub.start()
+    try:
+        yield
+    finally:
+        await hub.close()
+        await presence.close()
+        await broker.close()
+
+
+async def _close_all(app: web.Application) -> None:
+    hub = app.get(appkeys.HUB)
+    if hub is None:
+        return
+    conns = list(hub.connections.values())
+    if not conns:
+        return
+    timeout = app[appkeys.SETTINGS].shutdown_timeout_s
+    closing = [asyncio.ensure_future(c.close(Close.GOING_AWAY)) for c in conns]
+    _, late = await asyncio.wait(closing, timeout=timeout)
+    for task in late:
+        task.cancel()
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    settings = app[appkeys.SETTINGS]
+    # No compression: frames are built once and written as raw bytes to every member.
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_frame_bytes,
+                               compress=False, timeout=settings.ws_close_timeout_s)
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the peer left during the handshake
+        return ws
+    hub = app[appkeys.HUB]
+    conn = Connection(ws, transport, settings, hub.outbox)
+    hub.attach(conn)
+    try:
+        if _auth_from_query(request, conn):
+            await _serve(app, conn)
+    finally:
+        await hub.detach(conn)
+        if not ws.closed:
+            await conn.close(Close.NORMAL)
+        elif conn.close_code is not None:
+            await conn.close(Close(conn.close_code))  # waits for a close already under way
+    return ws
+
+
+def _auth_from_query(request: web.Request, conn: Connection) -> bool:
+    """Sign in from `?token=` or admit `?guest=1`; False when the socket is being closed instead."""
+    token = request.query.get("token")
+    if token:
+        try:
+            identity = request.app[appkeys.AUTH].authenticate(token)
+        except ApiError as exc:
+            conn.close_soon(Close.AUTH_FAILED, exc.message)
+            return False
+        if not request.app[appkeys.HUB].admit_user(conn, identity.user_id):
+            conn.close_soon(Close.TOO_MANY_CONNECTIONS)
+            return False
+        conn.sign_in(identity)
+    elif request.query.get("guest") in ("1", "true"):
+        conn.admit_guest()
+    return True
+
+
+async def _serve(app: web.Application, conn: Connection) -> None:
+    ws = conn.ws
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + app[appkeys.SETTINGS].ws_auth_timeout_s
+    while not conn.closing:
+        timeout = None if conn.authenticated else deadline - loop.time()
+        if timeout is not None and timeout <= 0:
+            conn.close_soon(Close.AUTH_FAILED, "authentication timeout")
+            return
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            continue  # the deadline check above closes it
+        if msg.type == WSMsgType.TEXT:
+            await _handle(app, conn, msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            conn.send(reply_error(None, {"code": "BAD_REQUEST",
+                                         "message": "binary frames are not supported; send JSON text frames"}))
+        else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered a protocol error, e.g. 1009)
+            return
+
+
+def _ref_of(obj: Any) -> int | None:
+    ref = obj.get("ref") if isinstance(obj, dict) else None
+    valid = isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref <= MAX_REF
+    return ref if valid else None
+
+
+async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        conn.send(reply_error(None, {"code": "MALFORMED_JSON", "message": "the frame is not valid JSON"}))
+        return
+    ref = _ref_of(obj)
+    ctx: OpContext | None = None
+    try:
+        if not isinstance(obj, dict):
+            raise ApiError("BAD_REQUEST", "a message must be a JSON object")
+        try:
+            env = Envelope.model_validate(obj)
+        except ValidationError as exc:
+            raise ApiError("BAD_REQUEST", "the message is not a valid envelope {op, ref, room?, data?}",
+                           details=validation_details(exc)) from None
+        spec = OPS.get(env.op)
+        if spec is None:
+            raise ApiError("UNKNOWN_OP", f"unknown op {env.op!r}", details={"op": env.op})
+        if not conn.authenticated and spec.name != "auth":
+            raise ApiError("AUTHENTICATION_REQUIRED", "send `auth` first (with a token, or `data: {}` as a guest)")
+        if spec.auth == "user" and conn.identity is None:
+            raise ApiError("AUTHENTICATION_REQUIRED", f"{spec.name!r} needs a signed-in user")
+        if spec.room != "none":
+            if env.room is None:
+                raise ApiError("BAD_REQUEST", f"{spec.name!r} needs a `room`")
+            if spec.room == "joined" and env.room not in conn.rooms:
+                raise ApiError("NOT_JOINED", f"join {env.room} first", details={"room": env.room})
+        try:
+            data = spec.schema.model_validate_json(orjson.dumps(env.data), strict=True)
+        except ValidationError as exc:
+            raise ApiError("VALIDATION_ERROR", f"invalid data for {spec.name!r}",
+                           details=validation_details(exc)) from None
+        ctx = OpContext(conn, env.ref, env.room, app)
+        result = await spec.handler(ctx, data)
+        conn.send(reply_ok(env.ref, result))
+    except ApiError as exc:
+        conn.send(reply_error(ref, exc.body()["error"]))
+    except Exception:
+        log.exception("socket op failed", extra={"conn_id": conn.conn_id})
+        conn.send(reply_error(ref, {"code": "INTERNAL_ERROR", "message": "internal error"}))
+    if ctx is not None:
+        for callback in ctx.after_reply:
+            callback()
