@@ -216,6 +216,11 @@ class TokenService:
         """A signed access token for this user and role, and its expiry (unix seconds)."""
         assert role in ROLES
         now = int(time.time())
+        cutoff = self._revoked_before.get(user_id)
+        if cutoff is not None:
+            # iat has whole seconds: a token issued in the second of a role change must not look older
+            # than the change (it is at most a second "early", inside jwt_leeway_s).
+            now = max(now, math.ceil(cutoff))
         exp = now + self.settings.access_token_ttl_s
         key = self._current_signing_key(time.time())
         claims = {"sub": str(user_id), "role": role, "iat": now, "nbf": now, "exp": exp,
@@ -256,7 +261,8 @@ class TokenService:
             raise _invalid() from None
         if role not in ROLES:
             raise _invalid()
-        # Tokens issued in the second of a role/status change are refused too (iat has whole seconds).
+        # iat has whole seconds: a token of the second of the change counts as older (issue_access
+        # dates tokens issued after a change to the next second).
         cutoff = self._revoked_before.get(user_id)
         if cutoff is not None and claims["iat"] < math.ceil(cutoff):
             raise _invalid("access token was revoked; refresh or log in again")
