@@ -28,7 +28,7 @@ import orjson
 from . import store
 from .apply import Batch
 from .errors import LedgerClosed, LedgerOverloaded, LedgerUnavailable
-from .model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer
+from .model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer, TransferFlags
 
 log = logging.getLogger("greenroom.ledger")
 
@@ -38,6 +38,9 @@ Clock = Callable[[], datetime]
 # another process inserted one of our ids concurrently (the retry answers `exists`), a deadlock
 # or serialization failure.
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+_FLAGS_ALL = int(TRANSFER_FLAGS_ALL)
 
 
 def utc_now() -> datetime:
@@ -149,33 +152,34 @@ class Engine:
         return asyncio.get_running_loop().create_future()
 
     def _check(self, transfers: Sequence[Transfer]) -> list[str | None]:
-        """Reject malformed input before it can reach a batch; returns canonical metadata JSON."""
+        """Reject malformed input before it can reach (and fail) a shared batch.
+
+        Returns each transfer's metadata as canonical JSON. `type(x) is int` also refuses bools.
+        """
         if not 1 <= len(transfers) <= self._batch_max:
             raise ValueError(f"a submission has 1..{self._batch_max} transfers, got {len(transfers)}")
         metadata: list[str | None] = []
         for t in transfers:
             if type(t) is not Transfer:
                 raise TypeError(f"expected Transfer, got {type(t).__name__}")
-            if type(t.id) is not UUID:
-                raise TypeError("Transfer.id must be a UUID")
-            for name in ("debit_account_id", "credit_account_id", "amount", "flags", "timeout_s"):
-                value = getattr(t, name)
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise TypeError(f"Transfer.{name} must be an int")
-            if not isinstance(t.code, Code):
+            if type(t.id) is not UUID or (t.pending_id is not None and type(t.pending_id) is not UUID):
+                raise TypeError("Transfer.id and pending_id must be UUIDs")
+            if type(t.debit_account_id) is not int or type(t.credit_account_id) is not int \
+                    or type(t.amount) is not int or type(t.timeout_s) is not int:
+                raise TypeError("Transfer account ids, amount and timeout_s must be ints")
+            if type(t.code) is not Code:
                 raise TypeError("Transfer.code must be a Code")
-            if t.flags & ~TRANSFER_FLAGS_ALL or t.flags < 0:
-                raise ValueError(f"Transfer.flags has unknown bits: {t.flags}")
-            if t.pending_id is not None and type(t.pending_id) is not UUID:
-                raise TypeError("Transfer.pending_id must be a UUID or None")
+            flags = t.flags
+            if type(flags) is not TransferFlags and type(flags) is not int:
+                raise TypeError("Transfer.flags must be TransferFlags")
+            if flags & ~_FLAGS_ALL or flags < 0:
+                raise ValueError(f"Transfer.flags has unknown bits: {flags}")
             if not 0 <= t.timeout_s <= TIMEOUT_S_MAX:
                 raise ValueError(f"Transfer.timeout_s must be in 0..{TIMEOUT_S_MAX}")
-            metadata.append(self._metadata(t.metadata))
+            metadata.append(None if t.metadata is None else self._metadata(t.metadata))
         return metadata
 
-    def _metadata(self, value: Mapping[str, object] | None) -> str | None:
-        if value is None:
-            return None
+    def _metadata(self, value: Mapping[str, object]) -> str:
         if not isinstance(value, Mapping):
             raise TypeError("Transfer.metadata must be a mapping or None")
         encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntFlag, StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 INT64_MAX = 2**63 - 1
@@ -115,8 +115,9 @@ class PendingStatus(StrEnum):
     EXPIRED = "expired"
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
+# Transfer and Outcome are NamedTuples (immutable like a frozen dataclass, but about 4x cheaper to
+# create): the engine handles tens of thousands per second.
+class Transfer(NamedTuple):
     """One movement of `amount` tokens, identified by a client-chosen id.
 
     Post and void transfers (flags POST_PENDING / VOID_PENDING) name the hold in `pending_id`;
@@ -135,8 +136,7 @@ class Transfer:
     metadata: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     id: UUID
     result: Result
 

@@ -1,0 +1,76 @@
+"""Helpers shared by the ledger tests: a controllable clock, accounts with funds, short builders."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from ledger import (
+    SYSTEM_ACCOUNT_IDS,
+    AccountKind,
+    Code,
+    Engine,
+    NewAccount,
+    Result,
+    Transfer,
+    TransferFlags,
+    create_accounts,
+)
+
+PLATFORM = SYSTEM_ACCOUNT_IDS[AccountKind.PLATFORM_REVENUE]
+CLEARING = SYSTEM_ACCOUNT_IDS[AccountKind.PAYMENT_CLEARING]
+PROMOTIONS = SYSTEM_ACCOUNT_IDS[AccountKind.PROMOTIONS]
+LINKED = TransferFlags.LINKED
+PENDING = TransferFlags.PENDING
+POST = TransferFlags.POST_PENDING
+VOID = TransferFlags.VOID_PENDING
+
+
+class FakeClock:
+    """The engine's clock, moved by the test (holds expire without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def tid() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def move(debit: int, credit: int, amount: int, code: Code = Code.TIP, flags: TransferFlags = TransferFlags.NONE,
+         **kw: Any) -> Transfer:
+    return Transfer(tid(), debit, credit, amount, code, flags, **kw)
+
+
+async def start_engine(dsn: str, **kw: Any) -> Engine:
+    options: dict[str, Any] = {"batch_max": 1000, "batch_wait_ms": 1.0, "queue_max": 100_000}
+    options.update(kw)
+    engine = Engine(dsn, **options)
+    await engine.start()
+    return engine
+
+
+async def wallets(db: asyncpg.Connection, count: int, kind: AccountKind = AccountKind.WALLET) -> list[int]:
+    accounts = await create_accounts(db, [NewAccount(kind, uuid.uuid4()) for _ in range(count)])
+    return [a.id for a in accounts]
+
+
+async def fund(engine: Engine, account: int, amount: int) -> None:
+    [outcome] = await engine.submit([Transfer(tid(), CLEARING, account, amount, Code.PURCHASE)])
+    assert outcome.result is Result.OK
+
+
+async def counters(db: asyncpg.Connection, account: int) -> tuple[int, int, int, int]:
+    row = await db.fetchrow("SELECT debits_pending, debits_posted, credits_pending, credits_posted "
+                            "FROM ledger_accounts WHERE id = $1", account)
+    assert row is not None
+    return (row[0], row[1], row[2], row[3])
