@@ -139,6 +139,7 @@ class TokenService:
                 s.access_token_ttl_s + s.jwt_leeway_s, s.auth_revocations_max)
         public: dict[str, PublicKey] = {}
         signing: list[SigningKey] = []
+        now = time.time()
         for r in rows:
             if r["alg"] != ALG:
                 continue
@@ -148,7 +149,8 @@ class TokenService:
             jwk = OKPAlgorithm.to_jwk(pub, as_dict=True)
             jwk.update({"kid": r["kid"], "alg": ALG, "use": "sig"})
             public[r["kid"]] = PublicKey(r["kid"], ALG, pub, r["act"], r["ret"], jwk)
-            signing.append(SigningKey(r["kid"], priv, r["act"], r["ret"]))
+            if r["ret"] is None or r["ret"] > now:  # retired private keys are not kept in memory
+                signing.append(SigningKey(r["kid"], priv, r["act"], r["ret"]))
         if not signing:
             raise RuntimeError("no signing key in the database; start() creates one")
         signing.sort(key=lambda k: k.activates_at)
