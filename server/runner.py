@@ -14,8 +14,10 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -101,6 +103,13 @@ async def _migrate(dsn: str) -> None:
 
 def _supervise(settings: Settings, dsn: str) -> int:
     """Start the workers; stop them all on a signal or when one dies; 0 only if all stopped cleanly."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    from .metrics import MULTIPROC_ENV
+
+    # Workers record metrics into files here, so a scrape answered by any one of them sums them all.
+    metrics_dir = tempfile.mkdtemp(prefix="greenroom-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
     procs: list[BaseProcess] = []
     stopping = False
@@ -128,6 +137,8 @@ def _supervise(settings: Settings, dsn: str) -> int:
             for proc in [q for sentinel, q in live.items() if sentinel in ready]:
                 del live[proc.sentinel]
                 proc.join()
+                if proc.pid is not None:
+                    mark_process_dead(proc.pid, metrics_dir)
                 if not stopping:
                     log.error("worker exited unexpectedly; stopping the others",
                               extra={"pid": proc.pid, "exitcode": proc.exitcode})
@@ -135,6 +146,8 @@ def _supervise(settings: Settings, dsn: str) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     codes = [p.exitcode for p in procs]
     return 0 if all(code == 0 for code in codes) else EXIT_UNCLEAN
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -99,22 +100,36 @@ def load_bound() -> Settings:
     return load_settings(shutdown_timeout_s=SHUTDOWN_S)
 
 
+def worker_pids(srv: ServerProcess, within_s: float = 60.0) -> list[int]:
+    """Ask /v1/status on new connections until both workers answered (the second may still be
+    starting when the first is ready); return the pid of each answer."""
+    pids: list[int] = []
+    deadline = time.monotonic() + within_s
+    while len(set(pids)) < 2 or len(pids) < 10:  # the kernel spreads new connections by port hash
+        assert time.monotonic() < deadline, f"one worker never answered: {set(pids)}"
+        status = get_json(srv.url + "/v1/status")
+        assert status["workers"] == 2
+        pids.append(status["pid"])
+    return pids
+
+
 def test_two_workers_share_one_port_and_stop_together(tmp_path: Path, dsn: str) -> None:
     srv = server(tmp_path, dsn, "--workers", "2")
     try:
         srv.wait_ready()
-        pids: set[int] = set()
-        for _ in range(300):  # each request on a new connection; the kernel spreads them by port hash
-            status = get_json(srv.url + "/v1/status")
-            assert status["workers"] == 2
-            pids.add(status["pid"])
-            if len(pids) == 2:
-                break
-        assert len(pids) == 2, pids
+        pids = worker_pids(srv)
         assert srv.proc.pid not in pids and os.getpid() not in pids
+        # Both workers answered some of them, yet any worker's /metrics counts them all.
+        for _ in range(6):
+            with urllib.request.urlopen(srv.url + "/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            series = 'greenroom_http_requests_total{method="GET",route="/v1/status",status="200"}'
+            counted = [line for line in text.splitlines() if line.startswith(series)]
+            assert len(counted) == 1 and float(counted[0].rsplit(" ", 1)[1]) == len(pids), text
+            assert "greenroom_db_pool_size" in text
         srv.signal(signal.SIGTERM)
         assert srv.wait_exit(stop_bound_s(load_bound()) + 5) == 0, srv.output()
-        assert all(exits_soon(pid) for pid in pids)
+        assert all(exits_soon(pid) for pid in set(pids))
         assert srv.output().count("worker stopped") == 2
     finally:
         srv.kill()
@@ -124,12 +139,7 @@ def test_a_dying_worker_stops_the_pool_with_an_error(tmp_path: Path, dsn: str) -
     srv = server(tmp_path, dsn, "--workers", "2")
     try:
         srv.wait_ready()
-        pids: set[int] = set()
-        for _ in range(300):
-            pids.add(get_json(srv.url + "/v1/status")["pid"])
-            if len(pids) == 2:
-                break
-        victim, other = sorted(pids)
+        victim, other = sorted(set(worker_pids(srv)))
         os.kill(victim, signal.SIGKILL)
         assert srv.wait_exit(stop_bound_s(load_bound()) + 5) == 1
         assert exits_soon(other)
