@@ -58,9 +58,10 @@ def room_of(stream_id: uuid.UUID) -> str:
 
 
 async def viewer_count(app: web.Application, room: str) -> int:
-    """Sockets in the room on every node (presence), guests included."""
-    count: int = await app[appkeys.PRESENCE].count(room)
-    return count
+    """Distinct people in the room on every node (presence); a user with two tabs counts once,
+    each guest socket counts as one."""
+    _, users = await app[appkeys.PRESENCE].counts(room)
+    return users
 
 
 async def _shape(app: web.Application, row: asyncpg.Record) -> dict[str, Any]:
@@ -110,7 +111,7 @@ async def create_stream(app: web.Application, host: Identity, *, title: str, des
     settings = app[appkeys.SETTINGS]
     stream_id = uuid.uuid4()
     async with app[appkeys.DB].acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2::text))", _HOST_LOCK_NS, host.user_id)
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", _HOST_LOCK_NS, host.user_id)
         open_count = await conn.fetchval(
             "SELECT count(*) FROM streams WHERE host_id = $1 AND status <> 'ended'", host.user_id)
         if open_count >= settings.streams_open_max_per_host:
@@ -265,7 +266,7 @@ async def viewers(app: web.Application, identity: Identity | None, stream_id: uu
     if me.rank < rooms.RANK["moderator"]:
         return data, 0
     members = await app[appkeys.PRESENCE].members(room, app[appkeys.SETTINGS].presence_members_max)
-    user_ids = sorted({m["user_id"] for m in members if m.get("user_id")})
+    user_ids = sorted({m["user_id"] for m in members.values() if m.get("user_id")})
     chosen = [uuid.UUID(u) for u in user_ids[(page - 1) * per_page:page * per_page]]
     names = {r["id"]: r["display_name"]
              for r in await db.fetch("SELECT id, display_name FROM users WHERE id = ANY($1::uuid[])", chosen)}
