@@ -98,11 +98,11 @@ async def test_join_grant_rights_by_role(client: TestClient, cast: dict[str, Tes
     assert (guest.role, guest.can_chat, guest.can_tip, guest.can_moderate) == ("guest", False, False, False)
 
 
-@pytest.mark.parametrize("name", ["", "stream", "stream:", "stream:not-a-uuid", "lobby:" + str(uuid.UUID(int=1)),
-                                  "STREAM:" + str(uuid.UUID(int=1)), "stream:" + str(uuid.UUID(int=1)) + " ",
-                                  "stream:" + str(uuid.UUID(int=1)).upper(), "stream:%27;drop table rooms"])
-async def test_malformed_room_names_are_not_found(client: TestClient, name: str) -> None:
-    assert await _code(rooms.authorize_join(client.app, None, name)) == "NOT_FOUND"
+async def test_malformed_room_names_are_not_found(client: TestClient) -> None:
+    one = str(uuid.UUID(int=1))
+    for name in ("", "stream", "stream:", "stream:not-a-uuid", f"lobby:{one}", f"STREAM:{one}", f"stream:{one} ",
+                 f"stream:{one.upper()}", "stream:%27;drop table rooms", f"stream:{one}:x"):
+        assert await _code(rooms.authorize_join(client.app, None, name)) == "NOT_FOUND", name
 
 
 async def test_unknown_room_is_not_found(client: TestClient, cast: dict[str, TestUser]) -> None:

@@ -13,6 +13,7 @@ from server import appkeys
 from signaling import rooms
 from tests.factories import TestUser, make_user
 from tests.rooms_support import new_stream, room_of
+from tests.socket_support import connect
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ async def test_create_stream_creates_its_room(client: TestClient, people: dict[s
     assert row["host_id"] == people["host"].id and row["access"] == "pass" and row["kind"] == "stream"
 
 
-@pytest.mark.parametrize("body", [
+BAD_CREATE_BODIES: list[dict[str, Any]] = [
     {},
     {"title": "   "},
     {"title": 5},
@@ -58,10 +59,14 @@ async def test_create_stream_creates_its_room(client: TestClient, people: dict[s
     {"title": "ok", "access": "friends"},
     {"title": "ok", "status": "live"},
     {"title": "ok", "host_id": str(uuid.UUID(int=1))},
-])
-async def test_create_stream_validation(client: TestClient, people: dict[str, TestUser], body: dict[str, Any]) -> None:
-    resp = await client.post("/v1/streams", json=body, headers=people["host"].headers)
-    assert (await _json(resp, 422))["error"]["code"] == "VALIDATION_ERROR"
+]
+
+
+async def test_create_stream_validation(client: TestClient, people: dict[str, TestUser]) -> None:
+    for body in BAD_CREATE_BODIES:
+        resp = await client.post("/v1/streams", json=body, headers=people["host"].headers)
+        assert (await _json(resp, 422))["error"]["code"] == "VALIDATION_ERROR", body
+    assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM streams") == 0
 
 
 async def test_only_performers_and_admins_create(client: TestClient, people: dict[str, TestUser]) -> None:
@@ -188,12 +193,11 @@ async def test_listing_filters_sorts_and_paginates(client: TestClient, people: d
     assert past_end["data"] == [] and past_end["meta"]["total"] == 3
 
 
-@pytest.mark.parametrize("params", [{"per_page": "101"}, {"per_page": "0"}, {"page": "0"}, {"page": "-1"},
-                                    {"page": "abc"}, {"status": "paused"}, {"sort": "viewer_count; drop"},
-                                    {"host_id": "nope"}, {"bogus": "1"}])
-async def test_listing_refuses_bad_query(client: TestClient, params: dict[str, str]) -> None:
-    resp = await client.get("/v1/streams", params=params)
-    assert (await _json(resp, 422))["error"]["code"] == "VALIDATION_ERROR"
+async def test_listing_refuses_bad_query(client: TestClient) -> None:
+    for params in ({"per_page": "101"}, {"per_page": "0"}, {"page": "0"}, {"page": "-1"}, {"page": "abc"},
+                   {"status": "paused"}, {"sort": "viewer_count; drop"}, {"host_id": "nope"}, {"bogus": "1"}):
+        resp = await client.get("/v1/streams", params=params)
+        assert (await _json(resp, 422))["error"]["code"] == "VALIDATION_ERROR", params
 
 
 async def test_private_stream_is_hidden_from_outsiders(client: TestClient, people: dict[str, TestUser]) -> None:
@@ -280,3 +284,34 @@ async def test_stream_management_is_rate_limited(aiohttp_client, make_app, make_
     statuses = [(await client.post("/v1/streams", json={"title": "t"}, headers=host.headers)).status
                 for _ in range(4)]
     assert statuses == [201, 201, 201, 429]
+
+
+async def test_lifecycle_events_and_viewers_over_the_socket(client: TestClient, people: dict[str, TestUser]) -> None:
+    host, viewer, viewer2 = people["host"], people["viewer"], people["viewer2"]
+    stream = await new_stream(client, host)
+    base = f"/v1/streams/{stream['id']}"
+    join = (await _json(await client.post(base + "/join", headers=viewer.headers), 200))["data"]
+    socks = [await connect(client, token=viewer.token), await connect(client, token=viewer.token),
+             await connect(client, token=viewer2.token), await connect(client, guest=True)]
+    for sock in socks:
+        await sock.ok("join", join["room"])
+    live = (await _json(await client.post(base + "/start", headers=host.headers), 200))["data"]
+    assert live["viewer_count"] == 3  # two tabs of one viewer count once; the guest counts
+    ev = await socks[3].event("stream.started")
+    assert ev["data"] == {"stream_id": stream["id"], "title": "Evening set", "started_at": live["started_at"]}
+    listed = (await _json(await client.get("/v1/streams"), 200))["data"]
+    assert [(s["id"], s["viewer_count"]) for s in listed] == [(stream["id"], 3)]
+    public = (await _json(await client.get(base + "/viewers"), 200))["data"]
+    assert public["viewer_count"] == 3 and public["viewers"] is None
+    staff = await _json(await client.get(base + "/viewers", params={"per_page": "1"}, headers=host.headers), 200)
+    assert staff["meta"]["total"] == 2 and len(staff["data"]["viewers"]) == 1
+    names = {v["user_id"] for p in ("1", "2")
+             for v in (await (await client.get(base + "/viewers", params={"per_page": "1", "page": p},
+                                                headers=host.headers)).json())["data"]["viewers"]}
+    assert names == {str(viewer.id), str(viewer2.id)}
+    patched = await client.patch(base, json={"title": "Late set"}, headers=host.headers)
+    await _json(patched, 200)
+    assert (await socks[0].event("stream.updated"))["data"]["title"] == "Late set"
+    ended = (await _json(await client.post(base + "/end", headers=host.headers), 200))["data"]
+    ev = await socks[2].event("stream.ended")
+    assert ev["data"] == {"stream_id": stream["id"], "ended_at": ended["ended_at"], "total_tokens_received": 0}
