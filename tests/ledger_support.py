@@ -65,8 +65,13 @@ async def wallets(db: asyncpg.Connection, count: int, kind: AccountKind = Accoun
 
 
 async def fund(engine: Engine, account: int, amount: int) -> None:
-    [outcome] = await engine.submit([Transfer(tid(), CLEARING, account, amount, Code.PURCHASE)])
-    assert outcome.result is Result.OK
+    await fund_all(engine, [account], amount)
+
+
+async def fund_all(engine: Engine, accounts: list[int], amount: int) -> None:
+    """Credit every account from payment clearing, in one submission."""
+    outcomes = await engine.submit([Transfer(tid(), CLEARING, a, amount, Code.PURCHASE) for a in accounts])
+    assert all(o.result is Result.OK for o in outcomes)
 
 
 async def counters(db: asyncpg.Connection, account: int) -> tuple[int, int, int, int]:
