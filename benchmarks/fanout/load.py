@@ -1,0 +1,365 @@
+"""Fan-out load test: N subscribers in one room, one publisher at increasing rates.
+
+For each target (raw ceiling, python-socketio, Greenroom) and each room size N, subscribers are
+spread over `--workers` client processes (the wire client in `wire.py`; the server gets its own
+core, the clients the others). The publisher then sends at a ladder of rates, each for
+`--step-s` seconds; every message carries its send time (CLOCK_MONOTONIC, shared by processes on
+one host) and each subscriber records publish-to-receive latency in a mergeable histogram. Per
+step: deliveries/s, p50/p99/max latency, delivered fraction, server and client CPU. A target's
+ladder stops at the first step with p99 >= `--p99-ms` or delivered fraction < 0.99; the best
+passing step is "the highest rate with p99 < 100 ms".
+
+    .venv/bin/python -m benchmarks.fanout.load --database-url postgresql://127.0.0.1/postgres
+    .venv/bin/python -m benchmarks.fanout.load --quick
+
+Loopback only; every loop is bounded by the ladder and `--step-s`; the servers are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Any
+
+import psutil
+import uvloop
+
+from .latency import BUCKETS, SCALE, Histogram
+from .targets import MARK, TARGETS, Publisher, RoomInfo, Subscription, run_server
+
+# Deliveries per second the publisher aims at, step by step (messages/s = deliveries / N).
+LADDER = (5_000, 10_000, 20_000, 40_000, 60_000, 80_000, 100_000, 130_000, 160_000, 200_000, 250_000,
+          300_000, 350_000, 400_000, 500_000)
+QUICK_LADDER = (5_000, 20_000, 60_000, 120_000)
+SIZES = (100, 1_000, 5_000)
+QUICK_SIZES = (100, 1_000)
+MIN_DELIVERED = 0.99
+DRAIN_MAX_S = 5.0  # after a step, how long stragglers may still arrive
+CONNECT_CONCURRENCY = 200  # handshakes in flight per worker
+
+
+@dataclass
+class StepResult:
+    target: str
+    n: int
+    step: int
+    rate_msgs: float
+    sent: int
+    subscribers: int
+    delivered: int
+    deliveries_per_s: float
+    delivered_fraction: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    server_cpu: float  # share of one core over the step
+    client_cpu: float  # all client workers together, in cores
+    lost_subscribers: int
+    publish_errors: dict[str, int]
+
+    @property
+    def passed(self) -> bool:
+        return self.p99_ms < 100.0 and self.delivered_fraction >= MIN_DELIVERED
+
+
+# --- client worker process --------------------------------------------------------------
+
+
+def worker_main(pipe: multiprocessing.connection.Connection, info: RoomInfo, n: int, cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(_worker(pipe, info, n))
+
+
+async def _worker(pipe: multiprocessing.connection.Connection, info: RoomInfo, n: int) -> None:
+    stats: dict[int, Histogram] = {}
+    log1p = math.log1p
+    top = BUCKETS - 1
+
+    def on_event(conn: Any, payload: bytes, now: int) -> None:
+        k = payload.find(MARK)
+        if k < 0:
+            return
+        end = payload.find(b";", k)
+        step_end = payload.find(b";", end + 1)
+        step = int(payload[end + 3:step_end])
+        hist = stats.get(step)
+        if hist is None:
+            hist = stats[step] = Histogram()
+        us = (now - int(payload[k + 3:end])) // 1000
+        hist.counts[min(top, int(log1p(us if us > 0 else 0) * SCALE))] += 1
+        hist.n += 1
+        if us > hist.max_us:
+            hist.max_us = us
+
+    subs: list[Subscription] = []
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one() -> None:
+        async with gate:
+            sub = Subscription(info, on_event)
+            await sub.open()
+            subs.append(sub)
+
+    results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    pipe.send(("ready", len(subs), len(errors), errors[:3]))
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd, arg = await loop.run_in_executor(None, pipe.recv)
+        if cmd == "count":
+            pipe.send(stats[arg].n if arg in stats else 0)
+        elif cmd == "stats":
+            lost = sum(1 for s in subs if s.conn is not None and s.conn.closed.done())
+            pipe.send((stats.pop(arg, Histogram()), lost))
+        elif cmd == "stop":
+            for s in subs:
+                if s.conn is not None:
+                    s.conn.close()
+            await asyncio.sleep(0.2)
+            pipe.send("stopped")
+            return
+
+
+@dataclass
+class Worker:
+    proc: multiprocessing.process.BaseProcess
+    pipe: multiprocessing.connection.Connection
+
+    async def ask(self, cmd: str, arg: Any = None) -> Any:
+        self.pipe.send((cmd, arg))
+        return await asyncio.to_thread(self.pipe.recv)
+
+
+async def start_workers(info: RoomInfo, n: int, count: int, cpus: set[int] | None) -> tuple[list[Worker], int]:
+    ctx = multiprocessing.get_context("spawn")
+    workers: list[Worker] = []
+    shares = [n // count + (1 if i < n % count else 0) for i in range(count)]
+    for share in shares:
+        if share == 0:
+            continue
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=worker_main, args=(theirs, info, share, cpus), daemon=True)
+        proc.start()
+        workers.append(Worker(proc, ours))
+    connected = 0
+    for w in workers:
+        _, ok, failed, samples = await asyncio.to_thread(w.pipe.recv)
+        connected += ok
+        if failed:
+            print(f"  {failed} subscribers failed to connect, e.g. {samples}", file=sys.stderr)
+    return workers, connected
+
+
+async def stop_workers(workers: list[Worker]) -> None:
+    for w in workers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(w.ask("stop"), 30)
+        w.proc.join(5)
+        if w.proc.is_alive():
+            w.proc.kill()
+
+
+# --- publisher --------------------------------------------------------------------------
+
+
+async def publish_for(pub: Publisher, rate: float, seconds: float, step: int, text_bytes: int) -> int:
+    """Send at `rate` messages/s for `seconds` (paced every millisecond); return how many were sent."""
+    pad = "x" * max(0, text_bytes - 40)
+    start = time.monotonic()
+    sent = 0
+    total = max(1, round(rate * seconds))
+    seq = 0
+    while sent < total:
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        while sent < due:
+            seq += 1
+            pub.publish(f"t={time.monotonic_ns()};s={step};q={seq};{pad}")
+            sent += 1
+        await asyncio.sleep(0.001)
+    return sent
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+        return float(t.user + t.system)
+    except psutil.Error:
+        return 0.0
+
+
+# --- one target -------------------------------------------------------------------------
+
+
+async def run_target(target: str, args: argparse.Namespace, sizes: tuple[int, ...],
+                     ladder: tuple[int, ...]) -> list[StepResult]:
+    results: list[StepResult] = []
+    async with run_server(target, cpus=args.server_cpus, admin_dsn=args.database_url,
+                          redis_url=args.redis_url) as server:
+        assert server.info is not None
+        sproc = psutil.Process(server.proc.pid)
+        step = 0
+        for n in sizes:
+            workers, connected = await start_workers(server.info, n, args.workers, args.client_cpus)
+            wprocs = [psutil.Process(w.proc.pid) for w in workers if w.proc.pid is not None]
+            pub = Publisher(server.info, sockets=args.publisher_sockets)
+            try:
+                await pub.open()
+                print(f"{target} N={n}: {connected} subscribers connected", flush=True)
+                step += 1  # warm-up at the lowest rate, not reported
+                await publish_for(pub, max(1.0, ladder[0] / n), 1.0, step, args.text_bytes)
+                await asyncio.sleep(0.5)
+                for w in workers:
+                    await w.ask("stats", step)
+                for target_rate in ladder:
+                    rate = target_rate / n
+                    if rate * args.step_s < 2:
+                        continue  # too few messages for a percentile
+                    step += 1
+                    ok_before, errs_before = pub.ok, dict(pub.errors)
+                    s0, c0 = cpu_seconds(sproc), sum(cpu_seconds(p) for p in wprocs)
+                    t0 = time.monotonic()
+                    sent = await publish_for(pub, rate, args.step_s, step, args.text_bytes)
+                    elapsed = time.monotonic() - t0
+                    await drain(workers, step, sent * connected)
+                    s1, c1 = cpu_seconds(sproc), sum(cpu_seconds(p) for p in wprocs)
+                    hist, lost = Histogram(), 0
+                    for w in workers:
+                        h, lw = await w.ask("stats", step)
+                        hist.merge(h)
+                        lost += lw
+                    errors = {k: v - errs_before.get(k, 0) for k, v in pub.errors.items() if v - errs_before.get(k, 0)}
+                    del ok_before
+                    r = StepResult(target, n, step, round(rate, 2), sent, connected, hist.n,
+                                   round(hist.n / elapsed), round(hist.n / max(1, sent * connected), 4),
+                                   round(hist.quantile_ms(0.5), 2), round(hist.quantile_ms(0.99), 2),
+                                   round(hist.max_us / 1000, 2), round((s1 - s0) / elapsed, 2),
+                                   round((c1 - c0) / elapsed, 2), lost, errors)
+                    results.append(r)
+                    print(f"  {r.rate_msgs:>8} msg/s  {r.deliveries_per_s:>8} deliv/s  p50 {r.p50_ms:>7} ms  "
+                          f"p99 {r.p99_ms:>8} ms  max {r.max_ms:>8} ms  delivered {r.delivered_fraction:.4f}  "
+                          f"server cpu {r.server_cpu:.2f}  client cpu {r.client_cpu:.2f}"
+                          f"{'  lost ' + str(lost) if lost else ''}{'  errors ' + str(errors) if errors else ''}",
+                          flush=True)
+                    if not r.passed:
+                        break
+            finally:
+                pub.close()
+                await stop_workers(workers)
+    return results
+
+
+async def drain(workers: list[Worker], step: int, expected: int) -> None:
+    """Wait until every delivery of the step arrived, or nothing arrived for a second (bounded)."""
+    deadline = time.monotonic() + DRAIN_MAX_S
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        got = 0
+        for w in workers:
+            got += await w.ask("count", step)
+        if got >= expected:
+            return
+        if got != last:
+            last, last_change = got, time.monotonic()
+        elif time.monotonic() - last_change > 1.0:
+            return
+        await asyncio.sleep(0.1)
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for pkg in ("aiohttp", "uvloop", "orjson", "python-socketio", "python-engineio"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[pkg] = metadata.version(pkg)
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "kernel": platform.release(), "versions": versions, "loadavg": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def best(results: list[StepResult], target: str, n: int) -> StepResult | None:
+    passing = [r for r in results if r.target == target and r.n == n and r.passed]
+    return max(passing, key=lambda r: r.deliveries_per_s, default=None)
+
+
+def summary(results: list[StepResult], sizes: tuple[int, ...], targets: list[str]) -> str:
+    head = " | ".join(f"{t} best deliveries/s (p99 ms)" for t in targets)
+    lines = [f"| N | {head} | greenroom/raw | greenroom/socketio |", "|---|" + "---|" * (len(targets) + 2)]
+    for n in sizes:
+        cells, bests = [], {}
+        for t in targets:
+            b = best(results, t, n)
+            bests[t] = b.deliveries_per_s if b else 0
+            cells.append(f"{b.deliveries_per_s:,} ({b.p99_ms})" if b else "none passed")
+        g = bests.get("greenroom", 0)
+        ratio_raw = f"{g / bests['raw']:.2f}" if bests.get("raw") and "greenroom" in bests else "-"
+        ratio_sio = f"{g / bests['socketio']:.1f}x" if bests.get("socketio") and "greenroom" in bests else "-"
+        lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {ratio_raw} | {ratio_sio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: raw,socketio,greenroom")
+    parser.add_argument("--sizes", help="comma-separated subscriber counts (default 100,1000,5000)")
+    parser.add_argument("--step-s", type=float, default=4.0, help="seconds per rate step")
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument("--publisher-sockets", type=int, default=4,
+                        help="greenroom: sockets the publisher spreads chat.send over (ops of one socket are serial)")
+    parser.add_argument("--text-bytes", type=int, default=64, help="chat text length")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""),
+                        help="PostgreSQL server for greenroom (a fresh database is created); empty: embedded")
+    parser.add_argument("--redis-url", default="", help="greenroom with RedisBroker (default: in-process broker)")
+    parser.add_argument("--json", help="also write every step as JSON here")
+    parser.add_argument("--quick", action="store_true", help="N=100,1000, four rates, 1.5 s steps")
+    ns = parser.parse_args()
+    targets = [t.strip() for t in ns.targets.split(",") if t.strip()]
+    sizes = tuple(int(x) for x in ns.sizes.split(",")) if ns.sizes else (QUICK_SIZES if ns.quick else SIZES)
+    ladder = QUICK_LADDER if ns.quick else LADDER
+    if ns.quick:
+        ns.step_s = min(ns.step_s, 1.5)
+    cpus = sorted(os.sched_getaffinity(0))
+    ns.server_cpus = {cpus[0]} if len(cpus) > 1 else None
+    ns.client_cpus = set(cpus[1:]) if len(cpus) > 1 else None
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and workers
+    need = max(sizes) + 1000
+    if hard < need:
+        sys.exit(f"open files limit {hard} is below the {need} this run needs")
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    info = machine()
+    print(json.dumps(info), flush=True)
+    results: list[StepResult] = []
+    for target in targets:
+        results += asyncio.run(run_target(target, ns, sizes, ladder))
+    print()
+    print(summary(results, sizes, targets))
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump({"machine": info, "args": {k: v for k, v in vars(ns).items() if not isinstance(v, set)},
+                       "steps": [asdict(r) for r in results]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

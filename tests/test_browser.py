@@ -1,0 +1,102 @@
+"""End to end in a real browser: the web client registers, goes live, and chat round-trips over /ws.
+
+Headless Debian Chromium driven by Playwright against the app served on a real loopback port.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from server.settings import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
+]
+
+
+async def register(page: Any, base: str, role: str, name: str) -> None:
+    await page.goto(f"{base}/#/login")
+    form = page.locator("#register-form")
+    await form.locator("input[name=email]").fill(f"{uuid.uuid4().hex[:12]}@example.com")
+    await form.locator("input[name=password]").fill("correct-Horse-battery-9")
+    await form.locator("input[name=display_name]").fill(name)
+    await form.locator("select[name=role]").select_option(role)
+    await form.locator("button[type=submit]").click()
+
+
+async def test_register_go_live_and_chat_round_trip(aiohttp_server: Any,
+                                                    make_app: Callable[[Settings], web.Application],
+                                                    make_settings: Callable[..., Settings]) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    server = await aiohttp_server(make_app(make_settings()))
+    base = f"http://127.0.0.1:{server.port}"
+    page_errors: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            performer = await (await browser.new_context()).new_page()
+            viewer = await (await browser.new_context()).new_page()  # separate storage: another user
+            for page in (performer, viewer):
+                page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            expect.set_options(timeout=10_000)
+
+            # Performer: register, create a stream, go live in its room.
+            await register(performer, base, "performer", "Stage Name")
+            await expect(performer).to_have_url(re.compile(r"#/perform$"))
+            await expect(performer.locator("#whoami")).to_have_text("Stage Name (performer)")
+            await performer.locator("#create-stream-form input[name=title]").fill("Late show")
+            await performer.locator("#create-stream-form button[type=submit]").click()
+            await expect(performer).to_have_url(re.compile(r"#/watch/[0-9a-f-]{36}$"))
+            await expect(performer.locator("#socket-state")).to_have_text("live")
+            await performer.locator("#room-controls button", has_text="Go live").click()
+            await expect(performer.locator("#room-status")).to_have_text("live")
+            await expect(performer.locator("#chat-log")).to_contain_text("The stream is live.")
+
+            # Viewer: register, find the stream in the live list, enter its room.
+            await register(viewer, base, "viewer", "Fan One")
+            await expect(viewer).to_have_url(re.compile(r"#/$"))
+            card = viewer.locator("#stream-list a", has_text="Late show")
+            await expect(card).to_contain_text("Stage Name")
+            await card.click()
+            await expect(viewer.locator("#room-title")).to_have_text("Late show")
+            await expect(viewer.locator("#room-status")).to_have_text("live")
+            await expect(viewer.locator("#video-area")).to_contain_text("not implemented yet")
+
+            # A chat message typed by the viewer reaches the performer through the socket, and back.
+            text = f"hello from the front row {uuid.uuid4().hex[:6]}"
+            await viewer.locator("#chat-form input[name=text]").fill(text)
+            await viewer.locator("#chat-form button[type=submit]").click()
+            for page in (performer, viewer):
+                entry = page.locator("#chat-log li", has_text=text)
+                await expect(entry).to_have_count(1)
+                await expect(entry.locator(".author")).to_have_text("Fan One")
+            await expect(viewer.locator("#chat-form input[name=text]")).to_have_value("")
+
+            # Markup in chat is shown as text, never run or rendered.
+            hostile = '<img src=x onerror="window.pwned=1">'
+            await performer.locator("#chat-form input[name=text]").fill(hostile)
+            await performer.locator("#chat-form button[type=submit]").click()
+            await expect(viewer.locator("#chat-log li", has_text=hostile)).to_have_count(1)
+            assert await viewer.evaluate("window.pwned === undefined")
+            assert await viewer.locator("#chat-log img").count() == 0
+
+            # Ending the stream reaches the viewer as an event.
+            await performer.locator("#room-controls button", has_text="End").click()
+            await expect(viewer.locator("#room-status")).to_have_text("ended")
+        finally:
+            await browser.close()
+            await server.close()  # before the test's database is dropped
+    assert page_errors == []
