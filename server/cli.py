@@ -87,5 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Commands register into the importable `server.cli`, not into this `__main__` copy of it.
+    from server.cli import main as _main
+
     multiprocessing.freeze_support()
-    sys.exit(main())
+    sys.exit(_main())
