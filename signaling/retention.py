@@ -60,13 +60,14 @@ async def purge(db: asyncpg.Pool, settings: Settings) -> dict[str, int]:
 async def _loop(app: web.Application) -> None:
     settings = app[appkeys.SETTINGS]
     while True:
+        # Wait first: a pass at start-up would race a quick shutdown for the pool (tests, restarts).
+        await asyncio.sleep(settings.chat_purge_interval_s)
         try:
             counts = await purge(app[appkeys.DB], settings)
             if any(counts.values()):
                 log.info("retention purge", extra=counts)
-        except (asyncpg.PostgresError, OSError):
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             log.exception("retention purge failed; retrying next interval")
-        await asyncio.sleep(settings.chat_purge_interval_s)
 
 
 async def retention_context(app: web.Application) -> AsyncIterator[None]:
