@@ -2,7 +2,8 @@
 
 from server.routing import Router
 
-from . import auth, health, meta, moderation, streams, users
+from . import admin_wallet, auth, health, meta, moderation, payouts, streams, tips, users, wallet, webhooks_stripe
 
 ROUTERS: list[Router] = [meta.router, health.router, auth.router, users.router, streams.router,
-                          moderation.router]
+                          moderation.router, wallet.router, tips.router, payouts.router, admin_wallet.router,
+                          webhooks_stripe.router]

@@ -23,6 +23,7 @@ from .migrator import migrate
 from .ratelimit import MemoryLimiter, RedisLimiter
 from .routing import json_response
 from .settings import Settings
+from .wallet_service import wallet_context
 from .web import add_web_routes
 
 log = logging.getLogger("greenroom.http")
@@ -117,7 +118,8 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
 
     # Torn down in reverse order, after `app.on_shutdown` (where sockets close with 1001) and after
     # in-flight requests finished, so handlers still have their pools while they drain.
-    contexts: list[Ctx] = [database, auth_context, redis, limiter, retention_context, ledger_context(dsn)]
+    contexts: list[Ctx] = [database, auth_context, redis, limiter, retention_context, ledger_context(dsn),
+                           wallet_context]
     app.cleanup_ctx.extend(contexts)
     setup_socket(app)  # after `contexts`: the hub starts once Redis is up and stops before it goes
     mount(app, ROUTERS)

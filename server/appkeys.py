@@ -8,9 +8,11 @@ import asyncpg
 from aiohttp import web
 
 from ledger import Engine
+from ledger.directory import AccountDirectory
 from signaling.broker import Broker
 from signaling.hub import Hub
 from signaling.presence import Presence
+from signaling.tip_recorder import TipRecorder
 
 from .identity import Authenticator
 from .limits import Limiter
@@ -19,6 +21,8 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from .payments import StripeGateway
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)
@@ -31,6 +35,10 @@ BROKER = web.AppKey("broker", Broker)  # room streams between nodes (memory or R
 PRESENCE = web.AppKey("presence", Presence)  # who is in which room, across nodes
 HUB = web.AppKey("hub", Hub)  # this node's rooms and sockets; `publish` is how features emit events
 LEDGER = web.AppKey("ledger", Engine)  # the batching engine: `await app[LEDGER].submit(transfers)`
+ACCOUNTS = web.AppKey("accounts", AccountDirectory)  # ledger account ids by (kind, owner), cached
+TIPS = web.AppKey("tips", TipRecorder)  # batches stream tip records and running totals
+# Stripe client (server.payments); annotated, not passed, to keep payments -> appkeys acyclic at import.
+PAYMENTS: web.AppKey[StripeGateway] = web.AppKey("payments")
 # Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
 BACKGROUND = web.AppKey("background", list)
 

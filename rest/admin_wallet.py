@@ -1,0 +1,72 @@
+"""Admin: wallet adjustments (audited) and the ledger audit."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+from pydantic import BaseModel, Field, StrictInt, field_validator
+
+from ledger.grants import REASON_MAX_CHARS
+from ledger.ids import derived_id
+from ledger.model import INT64_MAX
+from server import wallet
+from server.routing import Call, Router, Schema, ok
+
+router = Router("admin")
+
+
+class AdjustIn(Schema):
+    user_id: uuid.UUID
+    amount: StrictInt = Field(ge=-INT64_MAX, le=INT64_MAX, description="> 0 grants, < 0 takes back.")
+    reason: str = Field(min_length=1, max_length=REASON_MAX_CHARS)
+    id: uuid.UUID | None = Field(None, description="Adjustment id; default: derived from Idempotency-Key, else random.")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("reason cannot be blank")
+        return v.strip()
+
+
+class AdjustOut(BaseModel):
+    id: str
+    user_id: str
+    amount: int
+    reason: str
+    replayed: bool
+    balance: int
+
+
+class CheckOut(BaseModel):
+    name: str
+    description: str
+    ok: bool
+    offending: list[str]
+    offending_count: int
+    detail: str
+
+
+class AuditOut(BaseModel):
+    ok: bool = Field(description="false when any invariant fails; the failing checks list offending ids.")
+    accounts: int
+    transfers: int
+    holds_pending: int
+    checks: list[CheckOut]
+
+
+@router.post("/v1/admin/wallet/adjust", summary="Grant (from promotions) or take back tokens; audited",
+             body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True)
+async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
+    b = call.body
+    key = call.request.headers.get("Idempotency-Key", "").strip()
+    adjustment_id = b.id or (derived_id("adjust", call.user.user_id, key) if key else uuid.uuid4())
+    return ok(await wallet.adjust(call.app, call.user, user_id=b.user_id, amount=b.amount, reason=b.reason,
+                                  adjustment_id=adjustment_id))
+
+
+@router.get("/v1/admin/ledger/audit", summary="Check every ledger invariant (200 with ok: false when one fails)",
+            response=AuditOut, roles=("admin",))
+async def ledger_audit(call: Call[None]) -> web.StreamResponse:
+    return ok(await wallet.audit_report(call.app))

@@ -1,0 +1,86 @@
+"""Payouts: performers request, everyone lists their own, admins list all and approve or reject."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field, StrictInt
+
+from ledger.ids import derived_id
+from ledger.model import INT64_MAX
+from ledger.payouts import Status
+from server import wallet
+from server.errors import not_found
+from server.routing import Call, Router, Schema, ok, page_meta
+
+router = Router("payouts")
+
+PAGE_MAX = 10_000
+NOTE_MAX = 500
+
+
+class PayoutIn(Schema):
+    amount: StrictInt = Field(ge=1, le=INT64_MAX)
+    id: uuid.UUID | None = Field(None, description="Request id; default: derived from Idempotency-Key, else random.")
+
+
+class PayoutOut(BaseModel):
+    id: str
+    user_id: str
+    amount: int
+    status: Status
+    created_at: str
+    expires_at: str | None
+    resolved_at: str | None
+    resolved_by: str | None
+    note: str
+
+
+class PayoutQuery(Schema):
+    page: int = Field(1, ge=1, le=PAGE_MAX)
+    per_page: int = Field(20, ge=1, le=100)
+    status: Status | None = None
+    user_id: uuid.UUID | None = Field(None, description="Admins: one user's requests.")
+
+
+class DecisionIn(Schema):
+    note: str = Field("", max_length=NOTE_MAX)
+
+
+@router.post("/v1/payouts/request", summary="Request a payout of earnings (held until an admin decides)",
+             body=PayoutIn, response=PayoutOut, status=201, roles=("performer",), rate="payments", idempotent=True)
+async def request(call: Call[PayoutIn]) -> web.StreamResponse:
+    key = call.request.headers.get("Idempotency-Key", "").strip()
+    payout_id = call.body.id or (derived_id("payout", call.user.user_id, key) if key else uuid.uuid4())
+    payout, new = await wallet.request_user_payout(call.app, call.user, call.body.amount, payout_id)
+    return ok(payout, status=201 if new else 200)
+
+
+@router.get("/v1/payouts/requests", summary="Payout requests: your own; admins see all (filter by user, status)",
+            query=PayoutQuery, response=PayoutOut, list_response=True)
+async def list_requests(call: Call[None]) -> web.StreamResponse:
+    q: PayoutQuery = call.query
+    items, total = await wallet.payouts_page(call.app, call.user, user_id=q.user_id, status=q.status, page=q.page,
+                                             per_page=q.per_page)
+    return ok(items, meta=page_meta(q.page, q.per_page, total))
+
+
+@router.post("/v1/admin/payouts/{id}/approve", summary="Approve a pending payout request (its tokens leave)",
+             body=DecisionIn, response=PayoutOut, roles=("admin",))
+async def approve(call: Call[DecisionIn]) -> web.StreamResponse:
+    return ok(await wallet.decide_payout(call.app, call.user, _id(call), approve=True, note=call.body.note))
+
+
+@router.post("/v1/admin/payouts/{id}/reject", summary="Reject a pending payout request (its tokens return)",
+             body=DecisionIn, response=PayoutOut, roles=("admin",))
+async def reject(call: Call[DecisionIn]) -> web.StreamResponse:
+    return ok(await wallet.decide_payout(call.app, call.user, _id(call), approve=False, note=call.body.note))
+
+
+def _id(call: Call[Any]) -> uuid.UUID:
+    try:
+        return uuid.UUID(call.param("id"))
+    except ValueError:
+        raise not_found("payout request") from None

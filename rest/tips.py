@@ -1,0 +1,39 @@
+"""A stream's tips (the tips themselves are sent with `tip.send` on the socket or `/v1/wallet/transfer`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from server.routing import Call, Router, Schema, ok, page_meta
+from signaling import streams, tips
+
+router = Router("tips")
+
+PAGE_MAX = 10_000
+
+
+class PageQuery(Schema):
+    page: int = Field(1, ge=1, le=PAGE_MAX)
+    per_page: int = Field(20, ge=1, le=100)
+
+
+class StreamTipOut(BaseModel):
+    id: str
+    stream_id: str
+    from_user_id: str
+    from_display_name: str
+    to_user_id: str
+    tokens: int
+    message: str
+    is_private: bool
+    created_at: str
+
+
+@router.get("/v1/streams/{id}/tips", summary="A stream's tips, newest first", query=PageQuery,
+            response=StreamTipOut, list_response=True, auth="optional")
+async def stream_tips(call: Call[None]) -> web.StreamResponse:
+    q: PageQuery = call.query
+    items, total = await tips.stream_tips(call.app, call.identity, streams.parse_id(call.param("id")), page=q.page,
+                                          per_page=q.per_page)
+    return ok(items, meta=page_meta(q.page, q.per_page, total))

@@ -1,0 +1,139 @@
+"""Wallet: balance, transactions, token packs and purchase, and tips outside a room (`/v1/wallet/transfer`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, Field, StrictInt
+
+from ledger import Code
+from ledger.ids import derived_id
+from ledger.model import INT64_MAX
+from server import appkeys, payments, wallet
+from server.routing import Call, Router, Schema, ok
+from signaling.tips import SCHEMA_MESSAGE_MAX, send_tip
+
+router = Router("wallet")
+
+PAGE_MAX = 10_000  # deep OFFSETs are slow; use the cursor past this
+
+
+class BalanceOut(BaseModel):
+    token_balance: int
+    reserved_balance: int
+    currency_code: str
+    conversion_rate: int = Field(description="Tokens per unit of `currency_code`.")
+    owed_tokens: int = Field(description="Tokens owed after a refund or dispute; while > 0 the wallet is restricted.")
+    restricted: bool
+    earnings: dict[str, int] | None = Field(None, description="Performers: `available` and `reserved` earnings.")
+
+
+class TransactionsQuery(Schema):
+    page: int = Field(1, ge=1, le=PAGE_MAX)
+    per_page: int = Field(20, ge=1, le=100)
+    cursor: int | None = Field(None, ge=1, le=INT64_MAX, description="`meta.next_cursor` of the previous page.")
+    code: Code | None = Field(None, description="Only transfers of this ledger code.")
+    since: AwareDatetime | None = Field(None, description="created_at >= since (ISO 8601 with offset).")
+    until: AwareDatetime | None = Field(None, description="created_at < until.")
+
+
+class TransactionOut(BaseModel):
+    id: str
+    transaction_type: str
+    amount_tokens: int = Field(description="Signed change of the account's available balance.")
+    amount_currency: str
+    fee_tokens: int
+    balance_after: int
+    description: str
+    message: str | None
+    reference: str | None
+    account: str
+    code: str
+    status: str | None
+    created_at: str
+
+
+class TransferIn(Schema):
+    to_user_id: uuid.UUID
+    amount: StrictInt = Field(ge=1, le=INT64_MAX)
+    message: str = Field("", max_length=SCHEMA_MESSAGE_MAX)
+    id: uuid.UUID | None = Field(None, description="Tip id; default: derived from Idempotency-Key, else random.")
+    stream_id: uuid.UUID | None = Field(None, description="Credit the tip to this live stream of the performer.")
+
+
+class TipOut(BaseModel):
+    id: str
+    to_user_id: str
+    stream_id: str | None
+    amount: int
+    fee: int
+    performer_share: int
+    message: str
+    outcome: str
+    replayed: bool
+
+
+class BuyIn(Schema):
+    pack_tokens: StrictInt = Field(ge=1, le=INT64_MAX)
+
+
+class BuyOut(BaseModel):
+    session_id: str
+    checkout_url: str
+    tokens: int
+    amount: int
+    currency: str
+    status: str
+
+
+class PackOut(BaseModel):
+    tokens: int
+    price: int
+    currency: str
+
+
+@router.get("/v1/wallet/balance", summary="Your token balance, reserved tokens and debt", response=BalanceOut)
+async def get_balance(call: Call[None]) -> web.StreamResponse:
+    return ok(await wallet.balance(call.app, call.user))
+
+
+@router.get("/v1/wallet/transactions", summary="Your wallet and earnings history, newest first",
+            query=TransactionsQuery, response=TransactionOut, list_response=True)
+async def list_transactions(call: Call[None]) -> web.StreamResponse:
+    q: TransactionsQuery = call.query
+    since: datetime | None = q.since
+    items, meta = await wallet.transactions(call.app, call.user, codes=[q.code] if q.code else None, since=since,
+                                            until=q.until, cursor=q.cursor, page=q.page, per_page=q.per_page)
+    return ok(items, meta=meta)
+
+
+@router.post("/v1/wallet/transfer", summary="Tip a performer (outside a room, or credited to their live stream)",
+             body=TransferIn, response=TipOut, status=201, rate="tips", idempotent=True)
+async def transfer(call: Call[TransferIn]) -> web.StreamResponse:
+    b = call.body
+    tip_id = b.id or _derived(call, "tip")
+    result = await send_tip(call.app, call.user, tip_id=tip_id, amount=b.amount, message=b.message,
+                            to_user_id=b.to_user_id, stream_id=b.stream_id)
+    return ok(result, status=200 if result["replayed"] else 201)
+
+
+@router.get("/v1/wallet/packs", summary="Token packs on sale", response=PackOut, list_response=True, auth="optional")
+async def list_packs(call: Call[None]) -> web.StreamResponse:
+    settings = call.app[appkeys.SETTINGS]
+    return ok([{"tokens": t, "price": p, "currency": settings.currency} for t, p in sorted(settings.packs.items())])
+
+
+@router.post("/v1/wallet/buy", summary="Start buying a token pack: a Stripe Checkout Session to pay on",
+             body=BuyIn, response=BuyOut, status=201, rate="payments", idempotent=True)
+async def buy(call: Call[BuyIn]) -> web.StreamResponse:
+    key = call.request.headers.get("Idempotency-Key", "").strip() or None
+    return ok(await payments.start_purchase(call.app, call.user, call.body.pack_tokens, key), status=201)
+
+
+def _derived(call: Call[Any], kind: str) -> uuid.UUID:
+    """An id that a retry with the same Idempotency-Key reproduces (random without a key)."""
+    key = call.request.headers.get("Idempotency-Key", "").strip()
+    return derived_id(kind, call.user.user_id, key) if key else uuid.uuid4()

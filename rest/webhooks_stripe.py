@@ -1,0 +1,23 @@
+"""Stripe webhooks: signature-verified events that credit purchases or reverse them (see server.payments)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from server import payments
+from server.routing import Call, Router, ok
+
+router = Router("webhooks")
+
+
+class WebhookOut(BaseModel):
+    id: str
+    type: str
+    result: str
+
+
+@router.post("/v1/webhooks/stripe", summary="Stripe events (signed with the webhook secret)", response=WebhookOut,
+             auth="public", rate="none", raw_body=True)
+async def stripe_webhook(call: Call[bytes]) -> web.StreamResponse:
+    return ok(await payments.handle_webhook(call.app, call.body, call.request.headers.get("Stripe-Signature")))

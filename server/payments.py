@@ -1,0 +1,218 @@
+"""Stripe: Checkout Sessions for token packs, and the webhook events that credit or reverse them.
+
+The real stripe-python client makes the calls (`STRIPE_API_BASE` points it elsewhere, e.g. at a
+local server in tests) and `stripe.Webhook.construct_event` verifies every webhook's signature;
+the money rules live in `ledger.purchases`.
+
+Events handled (anything else is acknowledged and ignored):
+- `checkout.session.completed`: credits when `payment_status` is `paid` (or
+  `no_payment_required`); otherwise remembers the payment and waits for
+- `checkout.session.async_payment_succeeded`: credits. Either order works: the credit's ledger id
+  is derived from the session id, so the tokens arrive once.
+- `checkout.session.async_payment_failed` / `checkout.session.expired`: the purchase is closed.
+- `charge.refunded` (cumulative `amount_refunded`) and `charge.dispute.created` (`amount`): the
+  purchase's tokens are taken back in proportion (see `ledger.purchases` for the shortfall policy).
+Answers: 200 when handled or ignored; 400 on a bad signature or body; 503 when webhooks are not
+configured, the ledger is unavailable or reversals are backlogged (Stripe retries non-2xx).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import stripe
+from aiohttp import web
+
+from ledger import purchases
+
+from . import appkeys
+from .errors import ApiError
+from .identity import Identity
+from .outcomes import ledger_call
+from .settings import Settings
+
+log = logging.getLogger("greenroom.payments")
+
+# Marks the sessions this server created; events for other Checkout uses are ignored.
+PURPOSE = "greenroom_tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    session_id: str
+    url: str
+    amount_total: int
+    currency: str
+
+
+class StripeGateway:
+    """The Stripe client of one worker (None when no `STRIPE_SECRET_KEY` is set)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self.client: stripe.StripeClient | None = None
+        if settings.stripe_secret_key:
+            self._session = aiohttp.ClientSession()
+            base: Any = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+            self.client = stripe.StripeClient(
+                settings.stripe_secret_key, base_addresses=base,
+                http_client=stripe.AIOHTTPClient(timeout=settings.stripe_timeout_s, session=self._session),
+                max_network_retries=settings.stripe_max_network_retries)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def create_checkout(self, *, user_id: uuid.UUID, tokens: int, price: int, currency: str,
+                              success_url: str, cancel_url: str, idempotency_key: str | None) -> Checkout:
+        if self.client is None:
+            raise ApiError("UNAVAILABLE", "payments are not configured on this server")
+        meta = {"purpose": PURPOSE, "user_id": str(user_id), "tokens": str(tokens)}
+        params: Any = {
+            "mode": "payment",
+            "line_items": [{"quantity": 1, "price_data": {
+                "currency": currency, "unit_amount": price,
+                "product_data": {"name": f"{tokens} tokens"}}}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "client_reference_id": str(user_id),
+            "metadata": meta,
+            "payment_intent_data": {"metadata": meta},
+        }
+        options: Any = {"idempotency_key": idempotency_key} if idempotency_key else None
+        try:
+            session = await self.client.v1.checkout.sessions.create_async(params, options)
+        except stripe.APIConnectionError:
+            log.warning("Stripe unreachable creating a checkout session", exc_info=True)
+            raise ApiError("UNAVAILABLE", "the payment provider is unreachable; retry shortly") from None
+        except stripe.StripeError as exc:
+            log.warning("Stripe refused a checkout session: %s", exc)
+            raise ApiError("PAYMENT_PROVIDER_ERROR", "the payment provider refused the checkout") from None
+        if not session.id or not session.url:
+            raise ApiError("PAYMENT_PROVIDER_ERROR", "the payment provider returned no checkout URL")
+        return Checkout(session.id, session.url, int(session.amount_total or price), session.currency or currency)
+
+
+def _base_url(settings: Settings) -> str:
+    return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+async def start_purchase(app: web.Application, buyer: Identity, pack_tokens: int,
+                         idempotency_key: str | None) -> dict[str, Any]:
+    """Create a Checkout Session for a token pack and record the pending purchase."""
+    settings = app[appkeys.SETTINGS]
+    packs = settings.packs
+    if pack_tokens not in packs:
+        raise ApiError("VALIDATION_ERROR", "no such token pack",
+                       details={"field": "pack_tokens", "packs": sorted(packs)})
+    base = _base_url(settings)
+    key = f"buy:{buyer.user_id}:{idempotency_key}" if idempotency_key else None
+    checkout = await app[appkeys.PAYMENTS].create_checkout(
+        user_id=buyer.user_id, tokens=pack_tokens, price=packs[pack_tokens], currency=settings.currency,
+        success_url=f"{base}/?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
+        cancel_url=f"{base}/?checkout=cancelled", idempotency_key=key)
+    await purchases.open_purchase(app[appkeys.DB], session_id=checkout.session_id, user_id=buyer.user_id,
+                                  tokens=pack_tokens, amount_total=checkout.amount_total, currency=checkout.currency)
+    return {"session_id": checkout.session_id, "checkout_url": checkout.url, "tokens": pack_tokens,
+            "amount": checkout.amount_total, "currency": checkout.currency, "status": "pending"}
+
+
+def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """The event, once its signature checks out with the webhook secret."""
+    if not settings.stripe_webhook_secret:
+        raise ApiError("UNAVAILABLE", "Stripe webhooks are not configured on this server")
+    try:
+        stripe.Webhook.construct_event(payload, signature or "", settings.stripe_webhook_secret)
+    except stripe.SignatureVerificationError:
+        raise ApiError("BAD_REQUEST", "invalid Stripe signature") from None
+    except ValueError:
+        raise ApiError("MALFORMED_JSON", "webhook body is not valid JSON") from None
+    event = orjson.loads(payload)
+    if not isinstance(event, dict) or not isinstance(event.get("data", {}).get("object"), dict):
+        raise ApiError("BAD_REQUEST", "not a Stripe event")
+    return event
+
+
+async def handle_webhook(app: web.Application, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """Verify and apply one webhook delivery; returns what was done (for logs and tests)."""
+    settings = app[appkeys.SETTINGS]
+    event = verify_event(settings, payload, signature)
+    event_id, kind, obj = str(event.get("id", "")), str(event.get("type", "")), event["data"]["object"]
+    with ledger_call():
+        try:
+            result = await _apply(app, event_id, kind, obj)
+        except purchases.ReversalsBacklogged as exc:
+            log.warning("%s", exc)
+            raise ApiError("UNAVAILABLE", "too many events wait for this payment; retry later") from None
+    log.info("stripe event %s %s: %s", event_id, kind, result)
+    return {"id": event_id, "type": kind, "result": result}
+
+
+async def _apply(app: web.Application, event_id: str, kind: str, obj: dict[str, Any]) -> str:
+    settings = app[appkeys.SETTINGS]
+    engine, directory, pool = app[appkeys.LEDGER], app[appkeys.ACCOUNTS], app[appkeys.DB]
+    if kind.startswith("checkout.session."):
+        order = _order(obj)
+        if order is None:
+            return "ignored: not a token purchase"
+        session_id, user_id, tokens = order
+        pi = obj.get("payment_intent") if isinstance(obj.get("payment_intent"), str) else None
+        paid = kind == "checkout.session.async_payment_succeeded" or (
+            kind == "checkout.session.completed" and obj.get("payment_status") in ("paid", "no_payment_required"))
+        if paid:
+            try:
+                credit = await purchases.credit_purchase(
+                    engine, directory, pool, session_id=session_id, user_id=user_id, tokens=tokens,
+                    amount_total=int(obj.get("amount_total") or 0) or settings.packs.get(tokens, 0) or 1,
+                    currency=str(obj.get("currency") or settings.currency), payment_intent=pi,
+                    reversal_attempts=settings.stripe_clawback_attempts)
+            except asyncpg.ForeignKeyViolationError:
+                return "ignored: unknown user"
+            return "credited" if credit.credited_now else "duplicate"
+        if kind == "checkout.session.completed":
+            await purchases.open_purchase(pool, session_id=session_id, user_id=user_id, tokens=tokens,
+                                          amount_total=int(obj.get("amount_total") or 1),
+                                          currency=str(obj.get("currency") or settings.currency))
+            if pi is not None:
+                await purchases.note_payment(pool, session_id, pi)
+            return "awaiting payment"
+        if kind == "checkout.session.async_payment_failed":
+            return "failed" if await purchases.close_unpaid(pool, session_id, "failed") else "unchanged"
+        if kind == "checkout.session.expired":
+            return "expired" if await purchases.close_unpaid(pool, session_id, "expired") else "unchanged"
+        return "ignored"
+    if kind in ("charge.refunded", "charge.dispute.created"):
+        pi = obj.get("payment_intent")
+        amount = obj.get("amount_refunded" if kind == "charge.refunded" else "amount")
+        if not isinstance(pi, str) or not isinstance(amount, int):
+            return "ignored: no payment intent or amount"
+        reversal = await purchases.reverse_purchase(
+            engine, directory, pool, payment_intent=pi, reason="refund" if kind == "charge.refunded" else "dispute",
+            amount=amount, event_id=event_id, attempts=settings.stripe_clawback_attempts,
+            waiting_max=settings.stripe_waiting_events_max)
+        if reversal.status == "reversed":
+            return f"reversed {reversal.taken} taken, {reversal.shortfall} owed"
+        return reversal.status
+    return "ignored"
+
+
+def _order(obj: dict[str, Any]) -> tuple[str, uuid.UUID, int] | None:
+    """(session id, user id, tokens) from a session this server created, else None."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or meta.get("purpose") != PURPOSE or not isinstance(obj.get("id"), str):
+        return None
+    try:
+        user_id = uuid.UUID(str(meta.get("user_id")))
+        tokens = int(str(meta.get("tokens")))
+    except ValueError:
+        return None
+    if tokens <= 0:
+        return None
+    return obj["id"], user_id, tokens

@@ -1,0 +1,171 @@
+"""Tips: `send_tip`, the one domain function behind the socket op `tip.send` and `POST /v1/wallet/transfer`.
+
+Checks, cheapest first: amount (1..`tip_max_tokens`) and message; the stream (live; the
+recipient is its host); not yourself; the recipient exists and is an active performer; the
+sender owes no debt. Then the ledger moves the tip (`ledger.tipping`: fee split, linked legs,
+leg ids derived from the tip id). A tip in a stream is then recorded (`stream_tips`, the
+stream's running total, top tippers; batched by `TipRecorder`) and `tip.received` is published
+to the room with idempotency key `tip:{id}`.
+
+Retries: the tip id is the key. A resubmitted id moves nothing (`exists`); the reply says
+`replayed: true`. Recording and publishing run for `ok` AND `exists`: if a process died after
+the ledger committed but before the record or the broadcast, the client's retry with the same id
+(after its reconnect) completes them. `stream_tips.broadcast_at` remembers that the event went
+out, so a later retry publishes nothing new; between publish and that mark, the broker's
+idempotency key (kept 300 s) stops a duplicate. A tip whose client never retries after such a
+crash keeps its money movement (ledger) but lacks its stream record and broadcast.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import Field, StrictInt
+
+from ledger import Result, debts
+from ledger.model import INT64_MAX
+from ledger.tipping import transfer_tip
+from server import appkeys
+from server.errors import ApiError, forbidden, not_found
+from server.identity import Identity
+from server.limits import budget
+from server.outcomes import ledger_call, ledger_error
+
+from . import rooms, streams
+from .chat import UUID_PATTERN, clean_text
+from .protocol import OpContext, OpData, op
+from .tip_recorder import RecorderFull, StreamTip
+
+# The schema's own cap; `tip_message_max_chars` (at most 1000) is checked after cleaning.
+SCHEMA_MESSAGE_MAX = 1000
+
+
+class TipSend(OpData):
+    id: str = Field(pattern=UUID_PATTERN, description="Client-chosen tip id (uuid); retry with the same id.")
+    amount: StrictInt = Field(ge=1, le=INT64_MAX)
+    message: str = Field("", max_length=SCHEMA_MESSAGE_MAX)
+
+
+async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID, amount: int, message: str = "",
+                   to_user_id: uuid.UUID | None = None, stream_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """Tip a performer (`to_user_id`) or a live stream's host (`stream_id`); see the module doc."""
+    settings = app[appkeys.SETTINGS]
+    if not 1 <= amount <= settings.tip_max_tokens:
+        raise ApiError("VALIDATION_ERROR", f"amount must be 1..{settings.tip_max_tokens} tokens",
+                       details={"field": "amount", "max": settings.tip_max_tokens})
+    text = clean_text(message)
+    if len(text) > settings.tip_message_max_chars:
+        raise ApiError("VALIDATION_ERROR", f"message is longer than {settings.tip_message_max_chars} characters",
+                       details={"field": "message", "max_chars": settings.tip_message_max_chars})
+    db = app[appkeys.DB]
+    if stream_id is not None:
+        stream = await db.fetchrow("SELECT host_id, status FROM streams WHERE id = $1", stream_id)
+        if stream is None:
+            raise not_found("stream")
+        if to_user_id is not None and to_user_id != stream["host_id"]:
+            raise ApiError("VALIDATION_ERROR", "to_user_id is not this stream's host", details={"field": "to_user_id"})
+        if stream["status"] != "live":
+            raise ApiError("CONFLICT", "tips go to live streams", details={"status": stream["status"]})
+        to_user_id = stream["host_id"]
+    if to_user_id is None:
+        raise ApiError("VALIDATION_ERROR", "name the performer (to_user_id) or the stream",
+                       details={"field": "to_user_id"})
+    if to_user_id == sender.user_id:
+        raise ApiError("VALIDATION_ERROR", "you cannot tip yourself", details={"field": "to_user_id"})
+    people = {r["id"]: r for r in await db.fetch(
+        "SELECT id, role, status, display_name FROM users WHERE id = ANY($1::uuid[])", [sender.user_id, to_user_id])}
+    if sender.user_id not in people:
+        raise ApiError("AUTHENTICATION_REQUIRED", "this account no longer exists")
+    recipient = people.get(to_user_id)
+    if recipient is None:
+        raise not_found("user")
+    if recipient["role"] != "performer" or recipient["status"] != "active":
+        raise ApiError("VALIDATION_ERROR", "this user cannot receive tips", details={"field": "to_user_id"})
+    owed = await debts.owed(db, sender.user_id)
+    if owed:
+        raise ApiError("WALLET_RESTRICTED", "your wallet owes tokens from a reversed purchase; buy tokens to settle it",
+                       details={"owed_tokens": owed})
+    recorder = app[appkeys.TIPS]
+    if stream_id is not None and not recorder.has_room():
+        raise ApiError("OVERLOADED", "too many tips in flight; retry shortly with the same id")
+    meta: dict[str, Any] = {}
+    if text:
+        meta["message"] = text
+    if stream_id is not None:
+        meta["stream"] = str(stream_id)
+    with ledger_call():
+        outcome = await transfer_tip(app[appkeys.LEDGER], app[appkeys.ACCOUNTS], tip_id=tip_id, sender=sender.user_id,
+                                     recipient=to_user_id, amount=amount, fee_bps=settings.tip_fee_bps, metadata=meta)
+    if not outcome.applied:
+        raise ledger_error(outcome.result)
+    reply: dict[str, Any] = {
+        "id": str(tip_id), "to_user_id": str(to_user_id), "stream_id": str(stream_id) if stream_id else None,
+        "amount": amount, "fee": outcome.fee, "performer_share": outcome.share, "message": text,
+        "outcome": outcome.result.value, "replayed": outcome.result is Result.EXISTS}
+    if stream_id is not None:
+        reply.update(await _announce(app, StreamTip(tip_id, stream_id, sender.user_id, to_user_id, amount, outcome.fee,
+                                                    text), people[sender.user_id]["display_name"]))
+    return reply
+
+
+async def _announce(app: web.Application, tip: StreamTip, from_name: str) -> dict[str, Any]:
+    """Record the stream tip and publish `tip.received` if it has not gone out yet."""
+    recorder = app[appkeys.TIPS]
+    try:
+        recorded = await recorder.record(tip)
+    except (RecorderFull, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise _applied_but(exc) from None
+    out: dict[str, Any] = {"stream_total": recorded.stream_total, "top_tippers": recorded.top_tippers}
+    if recorded.needs_broadcast:
+        event = {"id": str(tip.tip_id), "stream_id": str(tip.stream_id),
+                 "from": {"user_id": str(tip.from_user_id), "display_name": from_name},
+                 "amount": tip.amount, "message": tip.message, "stream_total": recorded.stream_total,
+                 "top_tippers": recorded.top_tippers}
+        out["offset"] = await app[appkeys.HUB].publish(streams.room_of(tip.stream_id), "tip.received", event,
+                                                       idempotency_key=f"tip:{tip.tip_id}")
+        recorder.broadcast_done(tip.tip_id)
+    return out
+
+
+def _applied_but(exc: BaseException) -> ApiError:
+    return ApiError("UNAVAILABLE", "the tip was applied but not yet shown in the stream; retry with the same id",
+                    details={"applied": True, "reason": type(exc).__name__})
+
+
+async def stream_tips(app: web.Application, identity: Identity | None, stream_id: uuid.UUID, *, page: int,
+                      per_page: int) -> tuple[list[dict[str, Any]], int]:
+    """A stream's tips, newest first, for whoever may see the stream; and the total count."""
+    await streams.stream_room(app, identity, stream_id)
+    db = app[appkeys.DB]
+    rows = await db.fetch(
+        """SELECT t.tip_id, t.from_user_id, u.display_name, t.to_user_id, t.amount, t.message, t.created_at
+           FROM stream_tips t JOIN users u ON u.id = t.from_user_id
+           WHERE t.stream_id = $1 ORDER BY t.created_at DESC, t.tip_id LIMIT $2 OFFSET $3""",
+        stream_id, per_page, (page - 1) * per_page)
+    total = await db.fetchval("SELECT count(*) FROM stream_tips WHERE stream_id = $1", stream_id)
+    items = [{"id": str(r["tip_id"]), "stream_id": str(stream_id), "from_user_id": str(r["from_user_id"]),
+              "from_display_name": r["display_name"], "to_user_id": str(r["to_user_id"]), "tokens": r["amount"],
+              "message": r["message"], "is_private": False, "created_at": r["created_at"].isoformat()}
+             for r in rows]
+    return items, int(total)
+
+
+@op("tip.send", schema=TipSend, auth="user", room="joined")
+async def tip_send(ctx: OpContext, data: TipSend) -> dict[str, Any]:
+    """Tip the host of the stream room this connection joined (its grant must allow tipping)."""
+    kind, stream_id = rooms.parse_room(ctx.room_name)
+    if kind != "stream":
+        raise ApiError("BAD_REQUEST", "tips are sent in a stream's room")
+    member = ctx.session.rooms.get(ctx.room_name)
+    if member is None or not member.grant.can_tip:
+        raise forbidden("you may not tip in this room")
+    settings = ctx.app[appkeys.SETTINGS]
+    decision = await ctx.app[appkeys.LIMITER].hit(f"tips:{ctx.user.user_id}", budget(settings, "tips"))
+    if not decision.allowed:
+        raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {settings.rate_tips_per_min} tips per minute",
+                       details={"category": "tips", "retry_after_s": round(decision.retry_after_s, 3)})
+    return await send_tip(ctx.app, ctx.user, tip_id=uuid.UUID(data.id), amount=data.amount, message=data.message,
+                          stream_id=stream_id)
