@@ -2,3 +2,4 @@
 
 from . import cli_users  # noqa: F401  (users create, keys rotate|list)
 from .cli_ledger import audit_cmd  # noqa: F401  (audit)
+from .demo import demo  # noqa: F401  (demo)
