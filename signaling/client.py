@@ -27,7 +27,9 @@ Behaviour
   are dropped, and live events that arrive while a (re)join is in flight wait for its reply. A
   live event that skips offsets (at-most-once delivery lost some) makes the client leave and
   rejoin that room with `since`, which fills the gap from history. Volatile events (no offset,
-  such as `room.viewers`) pass through unfiltered.
+  such as `room.viewers`) pass through unfiltered. A resume refused twice in a row as a slow
+  consumer (the missed history is larger than the server's outbound budget) is given up: the
+  client rejoins without `since` and says `recovered: false`.
 - Delivery: `events()` is an async iterator over a bounded queue (`max_pending_events`); when the
   queue is full the client stops reading the socket, so a consumer that falls behind becomes a
   slow consumer on the server, which closes the socket; the client then resumes with `since`.
@@ -66,6 +68,10 @@ REJOIN_FAILED = "client.rejoin_failed"
 # Close codes (signaling.protocol.Close) after which the same credentials cannot help.
 CLOSE_AUTH_FAILED = 4001
 CLOSE_TOKEN_EXPIRED = 4003
+CLOSE_SLOW_CONSUMER = 4008
+# A resume whose history reply is itself too big for the server's outbound budget is closed as slow
+# again, every time; after this many such closes in a row the client rejoins without `since`.
+SLOW_RESUMES_MAX = 2
 # Codes of failed requests that say nothing about the request itself: the connection went away.
 TRANSIENT = frozenset({"TIMEOUT", "DISCONNECTED"})
 
@@ -183,6 +189,7 @@ class GreenroomClient:
         self._reader: asyncio.Task[None] | None = None
         self._live_ws: aiohttp.ClientWebSocketResponse | None = None  # authenticated, so worth reconnecting
         self._reconnector: asyncio.Task[None] | None = None
+        self._last_close_code: int | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -371,6 +378,7 @@ class GreenroomClient:
             await ws.close()
         finally:
             self._connected.clear()
+            self._last_close_code = ws.close_code
             self._fail_pending(ClientError("DISCONNECTED", f"connection closed (code {ws.close_code})"))
         # Only a socket that was up starts reconnecting; a failed attempt is the reconnector's to retry.
         if not self._closing and self._live_ws is ws and (self._reconnector is None or self._reconnector.done()):
@@ -461,10 +469,10 @@ class GreenroomClient:
         self._resyncs.add(task)
         task.add_done_callback(self._resyncs.discard)
 
-    async def _rejoin(self, state: _Room) -> None:
+    async def _rejoin(self, state: _Room, resume: bool = True) -> None:
         data = dict(state.join_data)
         since = {"epoch": state.epoch, "offset": state.offset}
-        if state.epoch is not None:
+        if state.epoch is not None and resume:
             data["since"] = since
         state.joining = True
         reply = await self.call("join", state.name, data)
@@ -483,7 +491,7 @@ class GreenroomClient:
             return
         for room in self._rooms.values():
             room.joining = True
-        attempt = 0
+        attempt = slow_resumes = 0
         while not self._closing:
             attempt += 1
             if self.policy.max_attempts is not None and attempt > self.policy.max_attempts:
@@ -493,11 +501,13 @@ class GreenroomClient:
             try:
                 await asyncio.wait_for(self._open(), self.connect_timeout_s)
                 for state in list(self._rooms.values()):
-                    await self._rejoin_or_drop(state)
+                    await self._rejoin_or_drop(state, resume=slow_resumes < SLOW_RESUMES_MAX)
             except ClientError as exc:
                 if exc.code in ("INVALID_TOKEN", "TOKEN_EXPIRED", "AUTH_FAILED") and self._provider is None:
                     await self._shutdown(exc)
                     return
+                if exc.code == "DISCONNECTED" and self._last_close_code == CLOSE_SLOW_CONSUMER:
+                    slow_resumes += 1
                 log.info("reconnect attempt %d failed: %s", attempt, exc)
                 await self._drop_socket()
                 continue
@@ -508,10 +518,10 @@ class GreenroomClient:
             self.stats.reconnects += 1
             return
 
-    async def _rejoin_or_drop(self, state: _Room) -> None:
+    async def _rejoin_or_drop(self, state: _Room, resume: bool = True) -> None:
         """Rejoin one room; a refusal (banned, room gone) drops the room and says so in the stream."""
         try:
-            await self._rejoin(state)
+            await self._rejoin(state, resume)
         except ClientError as exc:
             if exc.code in TRANSIENT:
                 raise
