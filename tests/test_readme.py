@@ -25,3 +25,14 @@ def test_readme_names_the_two_commands_ci_runs() -> None:
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     assert "make run" in README and "make test" in README
     assert ci.strip().splitlines()[-1] == "make test"
+
+
+def test_generated_tables_are_current() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "update_readme.py"
+    spec = importlib.util.spec_from_file_location("update_readme", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render(README) == README, "run `python scripts/update_readme.py`"
