@@ -28,9 +28,14 @@ async def owed_for_update(conn: asyncpg.Connection, user_id: UUID) -> int:
 async def change(conn: asyncpg.Connection, user_id: UUID, delta: int) -> int:
     """Add `delta` (negative settles) to the user's debt; return the new debt (never negative)."""
     assert conn.is_in_transaction()
-    new = await conn.fetchval(
-        """INSERT INTO wallet_debts (user_id, owed) VALUES ($1, $2)
-           ON CONFLICT (user_id) DO UPDATE SET owed = wallet_debts.owed + EXCLUDED.owed, updated_at = now()
-           RETURNING owed""", user_id, delta)
+    if delta < 0:
+        # An UPDATE: the CHECK (owed >= 0) would refuse a negative row proposed by an upsert.
+        new = await conn.fetchval("UPDATE wallet_debts SET owed = owed + $2, updated_at = now() "
+                                  "WHERE user_id = $1 RETURNING owed", user_id, delta)
+    else:
+        new = await conn.fetchval(
+            """INSERT INTO wallet_debts (user_id, owed) VALUES ($1, $2)
+               ON CONFLICT (user_id) DO UPDATE SET owed = wallet_debts.owed + EXCLUDED.owed, updated_at = now()
+               RETURNING owed""", user_id, delta)
     assert new is not None and new >= 0, f"debt of {user_id} would be {new}"
     return int(new)

@@ -113,7 +113,9 @@ def event(kind: str, obj: dict[str, Any], event_id: str | None = None) -> dict[s
 
 
 def session_object(session_id: str, user_id: uuid.UUID, tokens: int, amount_total: int, *,
-                   payment_status: str = "paid", payment_intent: str | None = "pi_default") -> dict[str, Any]:
+                   payment_status: str = "paid", payment_intent: str | None = None) -> dict[str, Any]:
+    """A Checkout Session as events carry it; its payment intent defaults to one of its own."""
+    payment_intent = payment_intent or f"pi_of_{session_id}"
     return {"id": session_id, "object": "checkout.session", "mode": "payment", "status": "complete",
             "payment_status": payment_status, "amount_total": amount_total, "currency": "usd",
             "payment_intent": payment_intent, "client_reference_id": str(user_id),
