@@ -35,6 +35,7 @@ log = logging.getLogger("greenroom.presence")
 
 PURGE_ROUNDS_MAX = 100  # purge calls per read; each drops up to `purge_batch` expired entries
 HMGET_CHUNK = 1000  # Lua's unpack() has a small stack limit
+CLOSE_WAIT_S = 5.0  # bound on waiting for an in-flight heartbeat at close
 
 Info = dict[str, Any]
 
@@ -206,10 +207,10 @@ def _keys(channel: str) -> list[str]:
 
 class RedisPresence:
     def __init__(self, redis: Redis | str, node_id: str, ttl_s: float, *,
-                 refresh_batch: int = 500, purge_batch: int = 1000) -> None:
+                 refresh_batch: int = 500, purge_batch: int = 1000, pool_max: int = 64) -> None:
         if ttl_s <= 0 or refresh_batch < 1 or purge_batch < 1:
             raise ValueError("ttl_s, refresh_batch and purge_batch must be positive")
-        self._redis, self._owns_client = binary_client(redis)
+        self._redis, self._owns_client = binary_client(redis, pool_max)
         self.node_id = node_id
         self._ttl_ms = max(1, math.ceil(ttl_s * 1000))
         self._interval_s = ttl_s / 3
@@ -226,6 +227,7 @@ class RedisPresence:
         # have written them back.
         self._removed_in_tick: set[tuple[str, str]] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def start(self) -> None:
         if self._heartbeat is not None:
@@ -269,10 +271,13 @@ class RedisPresence:
         return sorted(n.decode() for n in await self._nodes(keys=[NODES_KEY], args=[]))
 
     async def close(self) -> None:
+        self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            # Bounded: the stop flag ends the loop even where a library swallowed the cancellation.
+            done, _ = await asyncio.wait({self._heartbeat}, timeout=self._interval_s + CLOSE_WAIT_S)
+            if not done:
+                log.error("presence heartbeat did not stop", extra={"node": self.node_id})
             self._heartbeat = None
         try:
             await self._redis.zrem(NODES_KEY, self.node_id)
@@ -302,7 +307,10 @@ class RedisPresence:
 
     async def _beat(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+            if self._stop.is_set():
+                return
             try:
                 await self._tick()
             except asyncio.CancelledError:
@@ -314,16 +322,16 @@ class RedisPresence:
         """Refresh this node and every local entry in one pipelined round trip."""
         self._removed_in_tick = set()
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            await self._node_beat(keys=[NODES_KEY], args=[self.node_id, self._ttl_ms], client=pipe)
-            for channel, room in list(self._local.items()):
-                entries = list(room.items())
-                for i in range(0, len(entries), self._refresh_batch):
-                    args: list[Any] = [self._ttl_ms]
-                    for client_id, (key, info) in entries[i:i + self._refresh_batch]:
-                        args += (client_id, key, info)
-                    await self._add(keys=_keys(channel), args=args, client=pipe)
-            await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._node_beat(keys=[NODES_KEY], args=[self.node_id, self._ttl_ms], client=pipe)
+                for channel, room in list(self._local.items()):
+                    entries = list(room.items())
+                    for i in range(0, len(entries), self._refresh_batch):
+                        args: list[Any] = [self._ttl_ms]
+                        for client_id, (key, info) in entries[i:i + self._refresh_batch]:
+                            args += (client_id, key, info)
+                        await self._add(keys=_keys(channel), args=args, client=pipe)
+                await pipe.execute()
         finally:
             removed, self._removed_in_tick = self._removed_in_tick, None
         for channel, client_id in removed:

@@ -51,6 +51,7 @@ log = logging.getLogger("greenroom.broker")
 RECONNECT_BASE_S = 0.05
 SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command when resubscribing after a reconnect
 DEAD_AFTER_PINGS = 3  # silent ping intervals before the pub/sub connection counts as dead
+CLOSE_WAIT_S = 5.0  # bound on waiting for the reader task at close
 
 PUBLISH_LUA = """
 -- KEYS: meta, stream, idempotency key (the meta key again when there is none)
@@ -125,10 +126,10 @@ class _Link:
 class RedisBroker:
     def __init__(self, redis: Redis | str, policy: HistoryPolicy, node_id: str, *,
                  subscribe_timeout_s: float = 5.0, reconnect_max_s: float = 5.0,
-                 ping_interval_s: float = 5.0) -> None:
+                 ping_interval_s: float = 5.0, pool_max: int = 64) -> None:
         if policy.history_size < 1:
             raise ValueError("history_size must be positive")
-        self._redis, self._owns_client = binary_client(redis)
+        self._redis, self._owns_client = binary_client(redis, pool_max)
         self._policy = policy
         self.node_id = node_id
         self._subscribe_timeout_s = subscribe_timeout_s
@@ -163,10 +164,16 @@ class RedisBroker:
 
     async def close(self) -> None:
         self._closed = True
+        link = self._link
+        if link is not None:
+            # A closed socket ends the reader's loop even where a library swallows the cancellation.
+            with contextlib.suppress(Exception):
+                await link.conn.disconnect(nowait=True)
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            done, _ = await asyncio.wait({self._reader}, timeout=CLOSE_WAIT_S)
+            if not done:
+                log.error("redis pub/sub reader did not stop within %ss", CLOSE_WAIT_S, extra={"node": self.node_id})
             self._reader = None
         for fut in self._channels.values():
             if not fut.done():
@@ -276,6 +283,10 @@ class RedisBroker:
                 log.warning("redis pub/sub connect failed (attempt %d): %s", failures, exc,
                             extra={"node": self.node_id})
                 continue
+            if self._closed:
+                self._drop(link)
+                await link.conn.disconnect(nowait=True)
+                return
             if self._was_connected:
                 self.reconnects += 1
                 log.info("redis pub/sub reconnected; %d channels resubscribed", len(self._channels),
@@ -378,7 +389,7 @@ class RedisBroker:
 
     async def _ping(self, link: _Link) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while self._link is link:
             await asyncio.sleep(self._ping_interval_s)
             if loop.time() - self._last_rx > DEAD_AFTER_PINGS * self._ping_interval_s:
                 log.warning("redis pub/sub connection silent; reconnecting", extra={"node": self.node_id})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 NODES_KEY = "gr:nodes"  # ZSET node_id -> expiry (ms, Redis clock): nodes alive now
 
@@ -30,20 +30,22 @@ def channel_of(pubsub_name: bytes) -> str | None:
     return None
 
 
-def binary_client(redis: Redis | str) -> tuple[Redis, bool]:
+def binary_client(redis: Redis | str, pool_max: int) -> tuple[Redis, bool]:
     """A client that returns bytes (publications are opaque bytes), and whether the caller owns it.
 
-    A URL gets a new client; a client that decodes responses gets a sibling on the same server that
-    does not; any other client is used as it is.
+    A URL gets a new client whose pool waits for one of `pool_max` connections rather than failing;
+    a client that decodes responses gets such a sibling on the same server; any other client is
+    used as it is.
     """
     if isinstance(redis, str):
-        return Redis.from_url(redis), True
+        return Redis(connection_pool=BlockingConnectionPool.from_url(redis, max_connections=pool_max)), True
     pool = redis.connection_pool
     if not pool.connection_kwargs.get("decode_responses"):
         return redis, False
     kwargs: dict[str, Any] = dict(pool.connection_kwargs)
     kwargs["decode_responses"] = False
-    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs)), True
+    return Redis(connection_pool=BlockingConnectionPool(connection_class=pool.connection_class,
+                                                        max_connections=pool_max, **kwargs)), True
 
 
 def connection_kwargs(redis: Redis) -> tuple[type[Any], dict[str, Any]]:
