@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from ledger import AccountKind, Code, Result, Transfer, TransferFlags, debts, purchases
 from server import appkeys
+from server.settings import Settings
 from tests.factories import TestUser, make_user
 from tests.wallet_support import (
     STRIPE_KEY,
@@ -22,15 +24,39 @@ from tests.wallet_support import (
     charge_refunded,
     dispute_created,
     event,
-    fake_stripe,  # noqa: F401 - fixture
     fund,
     post_event,
     session_object,
     signed,
-    stripe_client,  # noqa: F401 - fixture
 )
 
 MakeClient = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def fake_stripe() -> AsyncIterator[FakeStripe]:
+    fake = FakeStripe()
+    api = web.Application()
+    api.router.add_post("/v1/checkout/sessions", fake.create_session)
+    server = TestServer(api, host="127.0.0.1")
+    await server.start_server()
+    fake.url = str(server.make_url("")).rstrip("/")
+    yield fake
+    await server.close()
+
+
+@pytest.fixture
+def stripe_client(aiohttp_client: Any, make_settings: Callable[..., Settings],
+                  make_app: Callable[[Settings], web.Application],
+                  fake_stripe: FakeStripe) -> Callable[..., Awaitable[TestClient]]:
+    async def make(**overrides: Any) -> TestClient:
+        values: dict[str, Any] = {"stripe_secret_key": STRIPE_KEY, "stripe_webhook_secret": WEBHOOK_SECRET,
+                                  "stripe_api_base": fake_stripe.url, "stripe_max_network_retries": 0}
+        values.update(overrides)
+        client: TestClient = await aiohttp_client(make_app(make_settings(**values)))
+        return client
+
+    return make
 
 
 async def _buy(client: TestClient, user: TestUser, tokens: int = 500, key: str | None = None) -> dict[str, Any]:

@@ -77,7 +77,7 @@ async def test_one_token_tip_has_no_fee_leg(client: TestClient, people: dict[str
                                                  "id": str(tip_id)})
     assert resp.status == 201
     assert (await resp.json())["data"]["fee"] == 0
-    share_id, fee_id = leg_ids(tip_id)
+    _, fee_id = leg_ids(tip_id)
     assert await app[appkeys.DB].fetchval("SELECT count(*) FROM ledger_transfers WHERE id = $1", fee_id) == 0
     assert await available(app, people["performer"].id, AccountKind.EARNINGS) == 1
     assert await platform_revenue(app) == 0

@@ -8,19 +8,16 @@ import hmac
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result, accounts_of
 from ledger.grants import grant_tokens
 from server import appkeys
-from server.settings import Settings
 
 STRIPE_KEY = "sk_test_greenroom"
 WEBHOOK_SECRET = "whsec_test_greenroom"
@@ -70,32 +67,6 @@ class FakeStripe:
             "client_reference_id": form.get("client_reference_id"), "payment_intent": None,
             "success_url": form.get("success_url"), "cancel_url": form.get("cancel_url"), "livemode": False,
         })
-
-
-@pytest.fixture
-async def fake_stripe() -> AsyncIterator[FakeStripe]:
-    fake = FakeStripe()
-    api = web.Application()
-    api.router.add_post("/v1/checkout/sessions", fake.create_session)
-    server = TestServer(api, host="127.0.0.1")
-    await server.start_server()
-    fake.url = str(server.make_url("")).rstrip("/")
-    yield fake
-    await server.close()
-
-
-@pytest.fixture
-def stripe_client(aiohttp_client: Any, make_settings: Callable[..., Settings],
-                  make_app: Callable[[Settings], web.Application],
-                  fake_stripe: FakeStripe) -> Callable[..., Awaitable[TestClient]]:
-    async def make(**overrides: Any) -> TestClient:
-        values: dict[str, Any] = {"stripe_secret_key": STRIPE_KEY, "stripe_webhook_secret": WEBHOOK_SECRET,
-                                  "stripe_api_base": fake_stripe.url, "stripe_max_network_retries": 0}
-        values.update(overrides)
-        client: TestClient = await aiohttp_client(make_app(make_settings(**values)))
-        return client
-
-    return make
 
 
 def signed(event: dict[str, Any], secret: str = WEBHOOK_SECRET, at: int | None = None) -> tuple[bytes, str]:
