@@ -76,6 +76,7 @@ export class GreenroomSocket {
     this.refreshMarginMs = options.refreshMarginMs ?? 30000;
     this.maxHeldEvents = options.maxHeldEvents ?? 10000;
     this.identity = null;
+    this.failure = null; // why reconnecting gave up, if it did
     this.state = "idle";
     this.stats = { connects: 0, reconnects: 0, duplicatesDropped: 0, gaps: 0 };
     this._ws = null;
