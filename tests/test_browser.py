@@ -100,3 +100,53 @@ async def test_register_go_live_and_chat_round_trip(aiohttp_server: Any,
             await browser.close()
             await server.close()  # before the test's database is dropped
     assert page_errors == []
+
+
+async def test_socket_module_resumes_after_the_server_drops_it(aiohttp_server: Any,
+                                                               make_app: Callable[[Settings], web.Application],
+                                                               make_settings: Callable[..., Settings]) -> None:
+    from playwright.async_api import async_playwright
+
+    from server import appkeys
+    from signaling.protocol import Close
+    from tests.socket_support import eventually, public_room
+
+    server = await aiohttp_server(make_app(make_settings()))
+    base = f"http://127.0.0.1:{server.port}"
+    room = await public_room(server.app)
+    hub = server.app[appkeys.HUB]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(f"{base}/")
+            conn_id = await page.evaluate("""async (room) => {
+                const { GreenroomSocket } = await import("/static/greenroom.js");
+                window.got = []; window.rejoins = [];
+                const s = new GreenroomSocket("/ws", { reconnect: { baseDelayMs: 20, maxDelayMs: 100 } });
+                await s.connect();
+                s.on("chat.message", (ev) => window.got.push(ev.offset));
+                s.on("rejoined", (r) => window.rejoins.push({ recovered: r.recovered, since: r.since.offset }));
+                await s.join(room);
+                window.sock = s;
+                return s.identity.conn_id;
+            }""", room)
+            published = [await hub.publish(room, "chat.message", {"text": f"m{i}"}) for i in range(2)]
+
+            async def page_got(n: int) -> bool:
+                return len(await page.evaluate("window.got")) >= n
+
+            await eventually(lambda: page_got(2))
+            # The server drops the socket; what is published meanwhile comes back from history.
+            hub.connections[conn_id].close_soon(Close.GOING_AWAY)
+            await eventually(lambda: conn_id not in hub.connections)
+            published += [await hub.publish(room, "chat.message", {"text": f"m{i}"}) for i in range(2, 6)]
+            await eventually(lambda: page_got(6))
+            published.append(await hub.publish(room, "chat.message", {"text": "live again"}))
+            await eventually(lambda: page_got(7))
+            assert await page.evaluate("window.got") == published
+            assert await page.evaluate("window.rejoins") == [{"recovered": True, "since": published[1]}]
+            assert await page.evaluate("window.sock.stats.reconnects") == 1
+        finally:
+            await browser.close()
+            await server.close()
