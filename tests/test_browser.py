@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from server.settings import Settings
+from tests.wallet_support import available, fund
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -84,6 +85,24 @@ async def test_register_go_live_and_chat_round_trip(aiohttp_server: Any,
                 await expect(entry).to_have_count(1)
                 await expect(entry.locator(".author")).to_have_text("Fan One")
             await expect(viewer.locator("#chat-form input[name=text]")).to_have_value("")
+
+            # A tip over the socket: the viewer's wallet is funded through the ledger, the tip moves once
+            # and both pages show it with the stream's running total and top tippers.
+            viewer_id = await viewer.evaluate("JSON.parse(localStorage.getItem('greenroom.session')).user.id")
+            await fund(server.app, uuid.UUID(viewer_id), 500)
+            await viewer.locator("#tip-form input[name=amount]").fill("120")
+            await viewer.locator("#tip-form input[name=message]").fill("bravo")
+            await viewer.locator("#tip-form button[type=submit]").click()
+            for page in (performer, viewer):
+                await expect(page.locator("#tip-feed li", has_text="tipped 120 tokens — bravo")).to_have_count(1)
+                await expect(page.locator("#room-total")).to_have_text("120 tokens")
+                await expect(page.locator("#top-tippers li")).to_have_text(["Fan One 120"])
+            # More than the wallet holds: a clear refusal on the page, and nothing moves.
+            await viewer.locator("#tip-form input[name=amount]").fill("1000")
+            await viewer.locator("#tip-form button[type=submit]").click()
+            await expect(viewer.locator("#flash")).to_have_text("not enough tokens available")
+            await expect(performer.locator("#room-total")).to_have_text("120 tokens")
+            assert await available(server.app, uuid.UUID(viewer_id)) == 380
 
             # Markup in chat is shown as text, never run or rendered.
             hostile = '<img src=x onerror="window.pwned=1">'

@@ -219,10 +219,6 @@ function line(cls, ...parts) {
   return li;
 }
 
-function tipperName(t) {
-  return t?.from?.display_name ?? t?.from_display_name ?? t?.display_name ?? "someone";
-}
-
 async function showWatch(streamId) {
   $("#page-watch").hidden = false;
   const info = await api("POST", `/v1/streams/${streamId}/join`, undefined, { auth: Boolean(session) });
@@ -272,14 +268,14 @@ async function showWatch(streamId) {
       }
     },
     "tip.received": (ev) => {
+      // {id, from: {user_id, display_name}, amount, message, stream_total, top_tippers: [{display_name, total}]}
       const t = ev.data;
       const msg = t.message ? ` — ${t.message}` : "";
-      appendCapped(tipFeed, line("", [tipperName(t), "author"], [`tipped ${t.amount} tokens${msg}`, "text"]));
-      const total = t.total ?? t.stream_total ?? t.total_tokens_received;
-      if (typeof total === "number") setTotal(total);
+      appendCapped(tipFeed, line("", [t.from?.display_name ?? "?", "author"], [`tipped ${t.amount} tokens${msg}`, "text"]));
+      if (typeof t.stream_total === "number") setTotal(t.stream_total);
       if (Array.isArray(t.top_tippers)) {
         $("#top-tippers").replaceChildren(...t.top_tippers.map((top) =>
-          line("", [tipperName(top), "author"], [String(top.amount ?? top.total ?? ""), "text"])));
+          line("", [top.display_name, "author"], [` ${top.total}`, "text"])));
       }
     },
     "room.viewers": (ev) => setViewers(ev.data.count),
