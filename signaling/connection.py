@@ -107,18 +107,20 @@ class Connection:
     def closing(self) -> bool:
         return self.close_code is not None
 
-    def buffered(self) -> int:
-        """Bytes queued for this socket and not yet sent."""
-        return self._out_bytes + self._transport.get_write_buffer_size()
-
     def enqueue(self, frame: bytes) -> bool:
         """Queue one built frame; False (and a slow-consumer close) when over the byte budget."""
         if self.close_code is not None:
             return False
         size = self._out_bytes + self._sent_pending + len(frame)
         if size > self._max_bytes:
-            self.close_soon(Close.SLOW_CONSUMER)
-            return False
+            # The estimate counts what this tick queued and the buffer as of the last flush; hand the
+            # queue to the kernel now and judge by what is really unsent (a burst is not a slow reader).
+            self.flush()
+            size = self._transport.get_write_buffer_size() + len(frame)
+            self._sent_pending = size - len(frame)
+            if size > self._max_bytes:
+                self.close_soon(Close.SLOW_CONSUMER)
+                return False
         if not self._out:
             self._outbox.mark(self)
         self._out.append(frame)
@@ -172,9 +174,14 @@ class Connection:
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=text.encode()), self._close_timeout)
         except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        finally:
-            # A peer that does not read never drains the close frame: drop its buffer, free the memory.
-            if not self._transport.is_closing() or self._transport.get_write_buffer_size():
-                with contextlib.suppress(Exception):
-                    self._transport.abort()
+            self._abort()
+        else:
+            # The transport flushes what it holds (the close frame last) before it closes; a peer
+            # that never reads would keep that buffer forever, so it gets `ws_close_timeout_s`.
+            if self._transport.get_write_buffer_size():
+                asyncio.get_running_loop().call_later(self._close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        if not self._transport.is_closing() or self._transport.get_write_buffer_size():
+            with contextlib.suppress(Exception):
+                self._transport.abort()

@@ -108,15 +108,21 @@ class Sock:
 
 
 async def connect(client: TestClient, *, token: str | None = None, guest: bool = False,
-                  auth_op: bool = True, **kwargs: Any) -> Sock:
-    """Open `/ws`; sign in with an `auth` op (or `?guest=1` / `?token=` when `auth_op` is False)."""
+                  auth_op: bool = True, session: aiohttp.ClientSession | None = None, **kwargs: Any) -> Sock:
+    """Open `/ws`; sign in with an `auth` op (or `?guest=1` / `?token=` when `auth_op` is False).
+
+    The test client's session opens at most 100 connections; pass an unlimited `session` for more.
+    """
     params: dict[str, str] = {}
     if not auth_op:
         if token is not None:
             params["token"] = token
         elif guest:
             params["guest"] = "1"
-    ws = await client.ws_connect("/ws", params=params, **kwargs)
+    if session is not None:
+        ws = await session.ws_connect(client.make_url("/ws"), params=params, **kwargs)
+    else:
+        ws = await client.ws_connect("/ws", params=params, **kwargs)
     sock = Sock(ws)
     if auth_op and (token is not None or guest):
         await sock.ok("auth", **({"token": token} if token is not None else {}))
