@@ -29,6 +29,7 @@ import logging
 import math
 import random
 import re
+import struct
 from typing import Any
 
 from redis.asyncio import Redis
@@ -52,6 +53,7 @@ RECONNECT_BASE_S = 0.05
 SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command when resubscribing after a reconnect
 DEAD_AFTER_PINGS = 3  # silent ping intervals before the pub/sub connection counts as dead
 CLOSE_WAIT_S = 5.0  # bound on waiting for the reader task at close
+_FRAME_LEN = struct.Struct(">I")
 
 PUBLISH_LUA = """
 -- KEYS: meta, stream, idempotency key (the meta key again when there is none)
@@ -83,7 +85,11 @@ return {result, 0}
 
 HISTORY_LUA = """
 -- KEYS: meta, stream
--- ARGV: new_epoch, meta_ttl_ms, since_epoch ('' for position only), since_offset, most entries to read
+-- ARGV: new_epoch, meta_ttl_ms, since_epoch ('' for position only), since_offset, most entries to read,
+--       history_ttl_ms
+-- Returns {top, epoch} and, when every publication after since is kept and young enough, their data
+-- in offset order as one string of (4-byte big-endian length, data) frames: one bulk reply parses
+-- far faster in the client than one per publication.
 local meta = redis.call('HMGET', KEYS[1], 'e', 's')
 local epoch, top = meta[1], tonumber(meta[2])
 if not epoch then
@@ -95,19 +101,47 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if ARGV[3] ~= epoch then
   return {top, epoch}
 end
-local missed = top - tonumber(ARGV[4])
+local since = tonumber(ARGV[4])
+local missed = top - since
 if missed <= 0 or missed > tonumber(ARGV[5]) then
   return {top, epoch}
 end
+local entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', missed)
+if #entries ~= missed then
+  return {top, epoch}
+end
+-- entries hold fields {'d', data, 't', ms} as XADD wrote them; the oldest decides the age
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local entries = redis.call('XRANGE', KEYS[2], (top - missed + 1) .. '-0', '+', 'COUNT', missed)
-return {top, epoch, entries, string.format('%d', now_ms)}
+if tonumber(entries[1][2][4]) < now_ms - tonumber(ARGV[6]) then
+  return {top, epoch}
+end
+-- ids are distinct offsets in (since, top]: with `missed` of them, first and last settle contiguity
+if entries[1][1] ~= (since + 1) .. '-0' or entries[missed][1] ~= top .. '-0' then
+  return {top, epoch}
+end
+local frames = {}
+for i = 1, missed do
+  local data = entries[i][2][2]
+  frames[2 * i - 1] = struct.pack('>I4', #data)
+  frames[2 * i] = data
+end
+return {top, epoch, table.concat(frames)}
 """
 
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+def _unframe(blob: bytes) -> list[bytes]:
+    out, at = [], 0
+    while at < len(blob):
+        (size,) = _FRAME_LEN.unpack_from(blob, at)
+        at += 4
+        out.append(blob[at:at + size])
+        at += size
+    return out
 
 
 def _position(raw: bytes) -> StreamPosition:
@@ -233,11 +267,11 @@ class RedisBroker:
         if limit < 0:
             raise ValueError("limit must not be negative")
         policy = self._policy
-        most = min(limit, policy.history_size)
         reply = await self._history_script(
             keys=[room_key(channel, "meta"), room_key(channel, "stream")],
             args=[new_epoch(), _ms(policy.history_meta_ttl_s),
-                  since.epoch if since is not None else "", since.offset if since is not None else 0, most])
+                  since.epoch if since is not None else "", since.offset if since is not None else 0,
+                  min(limit, policy.history_size), _ms(policy.history_ttl_s)])
         top, epoch = int(reply[0]), reply[1].decode()
         position = StreamPosition(top, epoch)
         if since is None:
@@ -245,23 +279,11 @@ class RedisBroker:
         missed = top - since.offset
         if since.epoch != epoch or since.offset < 0 or missed < 0:
             return HistoryResult([], position, False)
-        if missed == 0:
-            return HistoryResult([], position, True)
-        if missed > most or len(reply) < 4:
+        # The script returns data only for a complete, young-enough run since.offset+1 .. top.
+        data = _unframe(reply[2]) if len(reply) > 2 else []
+        if len(data) != missed:
             return HistoryResult([], position, False)
-        entries, now_ms = reply[2], int(reply[3])
-        # Only a complete run since.offset+1 .. top, whose oldest entry is young enough, recovers.
-        if len(entries) != missed or int(entries[0][0].partition(b"-")[0]) != since.offset + 1:
-            return HistoryResult([], position, False)
-        first = dict(zip(entries[0][1][::2], entries[0][1][1::2], strict=True))
-        if int(first[b"t"]) < now_ms - policy.history_ttl_s * 1000:
-            return HistoryResult([], position, False)
-        pubs = []
-        for entry_id, fields in entries:
-            values = dict(zip(fields[::2], fields[1::2], strict=True))
-            pubs.append(Publication(int(entry_id.partition(b"-")[0]), values[b"d"]))
-        assert [p.offset for p in pubs] == list(range(since.offset + 1, top + 1))
-        return HistoryResult(pubs, position, True)
+        return HistoryResult([Publication(since.offset + 1 + i, d) for i, d in enumerate(data)], position, True)
 
     async def position(self, channel: str) -> StreamPosition:
         return (await self.history(channel, None, 0)).position
@@ -300,7 +322,8 @@ class RedisBroker:
                 raise
             except Exception as exc:
                 failures = 1
-                log.warning("redis pub/sub connection lost: %s", exc, extra={"node": self.node_id})
+                if not self._closed:
+                    log.warning("redis pub/sub connection lost: %s", exc, extra={"node": self.node_id})
             finally:
                 pinger.cancel()
                 self._drop(link)
