@@ -195,6 +195,10 @@ class RedisBroker:
         except TimeoutError:
             await self.close()
             raise ConnectionError(f"no Redis pub/sub connection within {self._subscribe_timeout_s}s") from None
+        # Channels subscribed before start are live when start returns, as later ones are.
+        pending = [fut for fut in self._channels.values() if not fut.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self._subscribe_timeout_s)
 
     async def close(self) -> None:
         self._closed = True
