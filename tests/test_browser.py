@@ -169,3 +169,78 @@ async def test_socket_module_resumes_after_the_server_drops_it(aiohttp_server: A
         finally:
             await browser.close()
             await server.close()
+
+
+async def test_socket_module_orders_dedupes_fills_gaps_and_reports_epochs() -> None:
+    """greenroom.js against the scripted server: the misbehaviours test_client.py gives the Python client."""
+    from aiohttp.test_utils import TestServer
+    from playwright.async_api import async_playwright
+
+    from tests.client_support import Room, ScriptedServer
+    from tests.socket_support import eventually
+
+    scripted = ScriptedServer()
+    server = TestServer(scripted.app)
+    await server.start_server()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(str(server.make_url("/")))
+            await page.evaluate("""async () => {
+                const { GreenroomSocket } = await import("/static/greenroom.js");
+                window.got = []; window.rejoins = [];
+                const s = new GreenroomSocket("/ws", { token: "good", reconnect: { baseDelayMs: 10, maxDelayMs: 50 } });
+                await s.connect();
+                s.on("event", (ev) => window.got.push([ev.offset, ev.type]));
+                s.on("rejoined", (r) => window.rejoins.push([r.recovered, r.epoch, r.since.offset]));
+                await s.join("stream:1");
+                window.sock = s;
+            }""")
+
+            async def offsets_in_page() -> list[int]:
+                return [o for o, _ in await page.evaluate("window.got") if o]
+
+            async def has(n: int) -> bool:
+                return len(await offsets_in_page()) >= n
+
+            # Live, in order; a volatile event passes through without an offset.
+            for i in range(3):
+                await scripted.publish("stream:1", "chat.message", {"i": i})
+            await scripted.volatile("stream:1", "room.viewers", {"count": 2})
+            await eventually(lambda: has(3))
+            # Live delivery loses offsets 5 and 6: the module leaves and rejoins with since, filling the gap.
+            scripted.skip_live = {5, 6}
+            for i in range(3, 8):
+                await scripted.publish("stream:1", "chat.message", {"i": i})
+            await eventually(lambda: has(8))
+            assert await page.evaluate("window.sock.stats.gaps") == 1
+            # Dropped: events published meanwhile come from history, one of them also raced live.
+            await scripted.drop_all(code=4008)
+            await scripted.publish("stream:1", "chat.message", {"i": 8})
+            await scripted.publish("stream:1", "chat.message", {"i": 9})
+            scripted.live_before_reply = True
+            await eventually(lambda: has(10))
+            assert await offsets_in_page() == list(range(1, 11))
+            assert await page.evaluate("window.sock.stats.duplicatesDropped") >= 1
+            # History lost (new epoch): the module says recovered false and follows the new stream.
+            scripted.live_before_reply = False
+            scripted.rooms["stream:1"] = Room(epoch="e2")
+            await scripted.drop_all(code=1001)
+            await eventually(lambda: page.evaluate("window.rejoins.length >= 3"))
+            await scripted.publish("stream:1", "chat.message", {"i": 0})
+            await eventually(lambda: has(11))
+            assert (await offsets_in_page())[-1] == 1
+            rejoins = await page.evaluate("window.rejoins")
+            assert rejoins[0] == [True, "e1", 4]  # the gap resync
+            assert rejoins[1] == [True, "e1", 8]  # the reconnect
+            assert rejoins[2] == [False, "e2", 10]
+            assert await page.evaluate("window.sock.position('stream:1')") == {"epoch": "e2", "offset": 1}
+            # A refused token without a provider ends the socket instead of retrying it forever.
+            scripted.refuse_tokens = True
+            await scripted.drop_all(code=4001)
+            await eventually(lambda: page.evaluate("window.sock.closed"))
+            assert await page.evaluate("window.sock.failure.code") == "AUTH_FAILED"
+        finally:
+            await browser.close()
+            await server.close()

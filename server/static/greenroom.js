@@ -157,6 +157,7 @@ export class GreenroomSocket {
     let token = this.token;
     if (this.tokenProvider) token = this.token = await this.tokenProvider();
     const ws = new WebSocket(this.url);
+    ws.binaryType = "arraybuffer"; // the server sends text; a binary frame is decoded the same way
     this._ws = ws;
     await new Promise((resolve, reject) => {
       ws.onopen = () => resolve();
@@ -333,7 +334,11 @@ export class GreenroomSocket {
 
   _dispatch(raw) {
     let msg;
-    try { msg = JSON.parse(raw); } catch { return; }
+    try {
+      msg = JSON.parse(typeof raw === "string" ? raw : new TextDecoder().decode(raw));
+    } catch {
+      return;
+    }
     if (!msg || typeof msg !== "object") return;
     if (msg.op === "reply") {
       const p = this._pending.get(msg.ref);
