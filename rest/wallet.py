@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt
@@ -19,6 +19,9 @@ from signaling.tips import SCHEMA_MESSAGE_MAX, send_tip
 router = Router("wallet")
 
 PAGE_MAX = 10_000  # deep OFFSETs are slow; use the cursor past this
+# The ledger's codes as a Literal, not the enum: query parameters are documented inline (no $defs).
+CodeName = Literal["purchase", "tip", "fee", "booking", "refund", "payout", "reversal", "adjustment"]
+assert set(get_args(CodeName)) == {c.value for c in Code}, "CodeName lists exactly the ledger's codes"
 
 
 class BalanceOut(BaseModel):
@@ -35,7 +38,7 @@ class TransactionsQuery(Schema):
     page: int = Field(1, ge=1, le=PAGE_MAX)
     per_page: int = Field(20, ge=1, le=100)
     cursor: int | None = Field(None, ge=1, le=INT64_MAX, description="`meta.next_cursor` of the previous page.")
-    code: Code | None = Field(None, description="Only transfers of this ledger code.")
+    code: CodeName | None = Field(None, description="Only transfers of this ledger code.")
     since: AwareDatetime | None = Field(None, description="created_at >= since (ISO 8601 with offset).")
     until: AwareDatetime | None = Field(None, description="created_at < until.")
 
@@ -105,7 +108,7 @@ async def get_balance(call: Call[None]) -> web.StreamResponse:
 async def list_transactions(call: Call[None]) -> web.StreamResponse:
     q: TransactionsQuery = call.query
     since: datetime | None = q.since
-    items, meta = await wallet.transactions(call.app, call.user, codes=[q.code] if q.code else None, since=since,
+    items, meta = await wallet.transactions(call.app, call.user, codes=[Code(q.code)] if q.code else None, since=since,
                                             until=q.until, cursor=q.cursor, page=q.page, per_page=q.per_page)
     return ok(items, meta=meta)
 
@@ -137,3 +140,4 @@ def _derived(call: Call[Any], kind: str) -> uuid.UUID:
     """An id that a retry with the same Idempotency-Key reproduces (random without a key)."""
     key = call.request.headers.get("Idempotency-Key", "").strip()
     return derived_id(kind, call.user.user_id, key) if key else uuid.uuid4()
+
