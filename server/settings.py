@@ -187,6 +187,8 @@ class Settings(BaseSettings):
         "How long a closing socket may take to send its close frame before its buffer is dropped."))
     hub_gap_buffer_max: int = Field(1000, ge=1, description=(
         "Live events a room holds on a node while a gap in pub/sub delivery is filled from history."))
+    ws_ops_per_10s: int = Field(200, ge=1, description=(
+        "Frames one socket may send per 10 s; beyond it they get RATE_LIMIT_EXCEEDED replies."))
 
     @field_validator("data_dir", mode="before")
     @classmethod

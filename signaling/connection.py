@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("greenroom.socket")
 
+OPS_WINDOW_S = 10.0
+
 
 @dataclass(slots=True)
 class Membership:
@@ -86,6 +88,9 @@ class Connection:
         self._sent_pending = 0  # transport buffer size at the last flush; it only shrinks in between
         self._close_task: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._ops_limit = settings.ws_ops_per_10s
+        self._ops_window = 0.0
+        self._ops_count = 0
 
     def sign_in(self, identity: Identity) -> None:
         """Adopt a verified identity (first auth or refresh); close 4003 at its `exp` unless refreshed."""
@@ -98,6 +103,14 @@ class Connection:
 
     def admit_guest(self) -> None:
         self.authenticated = True
+
+    def take_op(self) -> bool:
+        """Count one inbound frame against `ws_ops_per_10s` (fixed 10 s windows); False when over."""
+        now = time.monotonic()
+        if now - self._ops_window >= OPS_WINDOW_S:
+            self._ops_window, self._ops_count = now, 0
+        self._ops_count += 1
+        return self._ops_count <= self._ops_limit
 
     @property
     def user_id(self) -> uuid.UUID | None:

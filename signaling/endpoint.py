@@ -158,6 +158,7 @@ def _ref_of(obj: Any) -> int | None:
 
 
 async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
+    within_rate = conn.take_op()
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -166,6 +167,10 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
     ref = _ref_of(obj)
     ctx: OpContext | None = None
     try:
+        if not within_rate:
+            limit = app[appkeys.SETTINGS].ws_ops_per_10s
+            raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {limit} messages per 10 s on one socket",
+                           details={"limit": limit, "window_s": 10})
         if not isinstance(obj, dict):
             raise ApiError("BAD_REQUEST", "a message must be a JSON object")
         try:

@@ -316,6 +316,10 @@ class Hub:
             raise ApiError("UNAVAILABLE", "the room is unavailable; try again") from None
         recovered = since is not None and result.recovered
         events = result.publications if recovered else []
+        if sum(len(p.data) for p in events) > self.settings.ws_outbound_max_bytes // 2:
+            # A reply that big would close the socket as a slow consumer (and again on every retry):
+            # the client refetches the room's state instead.
+            recovered, events = False, []
         top = events[-1].offset if events else (since.offset if recovered and since else result.position.offset)
         return {
             "recovered": recovered,
@@ -414,7 +418,10 @@ class Hub:
             room.task.cancel()
         async with self._serial(room.name):
             if room.name not in self.rooms:  # nobody rejoined while we waited
-                await self.broker.unsubscribe(room.name)
+                try:
+                    await self.broker.unsubscribe(room.name)
+                except Exception:
+                    log.exception("cannot unsubscribe %s; its publications are ignored here", room.name)
 
     @contextlib.asynccontextmanager
     async def _serial(self, name: str) -> AsyncIterator[None]:

@@ -289,3 +289,15 @@ async def test_aiohttp_client_sees_close_reason(socket_client: MakeClient) -> No
     msg = await ws.receive(timeout=3)
     assert msg.type == aiohttp.WSMsgType.CLOSE
     assert msg.data == Close.AUTH_FAILED and msg.extra == "authentication timeout"
+
+
+async def test_a_flooding_socket_gets_rate_limit_replies(socket_client: MakeClient) -> None:
+    client = await socket_client(ws_ops_per_10s=5)
+    sock = await connect(client, guest=True)  # the auth op is the first of the five
+    for _ in range(4):
+        await sock.ok("ping")
+    frame = await sock.request("ping")
+    assert frame["error"]["code"] == "RATE_LIMIT_EXCEEDED" and frame["error"]["details"]["limit"] == 5
+    await sock.ws.send_str("{broken")
+    assert (await sock.reply(None))["error"]["code"] == "MALFORMED_JSON"
+    assert not sock.ws.closed

@@ -151,3 +151,17 @@ async def test_unfillable_gap_tells_members_to_resync(socket_client: MakeClient)
     await sock.ok("leave", room)
     again = await sock.ok("join", room, since={"epoch": joined["epoch"], "offset": joined["offset"]})
     assert again["recovered"] is False and again["offset"] == after[0]
+
+
+async def test_a_resume_too_big_for_the_outbound_budget_is_not_recovered(socket_client: MakeClient) -> None:
+    client = await socket_client(ws_outbound_max_bytes=16_384)
+    room = await public_room(client.app)
+    sock = await connect(client, guest=True)
+    joined = await sock.ok("join", room)
+    await sock.ok("leave", room)
+    hub = hub_of(client)
+    for i in range(10):  # ~10 KB missed: more than half the budget
+        top = await hub.publish(room, "seq", {"i": i, "pad": "z" * 1000})
+    again = await sock.ok("join", room, since={"epoch": joined["epoch"], "offset": joined["offset"]})
+    assert again["recovered"] is False and again["events"] == [] and again["offset"] == top
+    assert not sock.ws.closed
