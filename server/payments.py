@@ -170,16 +170,19 @@ async def _apply(app: web.Application, event_id: str, kind: str, obj: dict[str, 
             try:
                 credit = await purchases.credit_purchase(
                     engine, directory, pool, session_id=session_id, user_id=user_id, tokens=tokens,
-                    amount_total=int(obj.get("amount_total") or 0) or settings.packs.get(tokens, 0) or 1,
+                    amount_total=_amount_total(obj, settings, tokens),
                     currency=str(obj.get("currency") or settings.currency), payment_intent=pi,
                     reversal_attempts=settings.stripe_clawback_attempts)
             except asyncpg.ForeignKeyViolationError:
                 return "ignored: unknown user"
             return "credited" if credit.credited_now else "duplicate"
         if kind == "checkout.session.completed":
-            await purchases.open_purchase(pool, session_id=session_id, user_id=user_id, tokens=tokens,
-                                          amount_total=int(obj.get("amount_total") or 1),
-                                          currency=str(obj.get("currency") or settings.currency))
+            try:
+                await purchases.open_purchase(pool, session_id=session_id, user_id=user_id, tokens=tokens,
+                                              amount_total=_amount_total(obj, settings, tokens),
+                                              currency=str(obj.get("currency") or settings.currency))
+            except asyncpg.ForeignKeyViolationError:
+                return "ignored: unknown user"
             if pi is not None:
                 await purchases.note_payment(pool, session_id, pi)
             return "awaiting payment"
@@ -201,6 +204,15 @@ async def _apply(app: web.Application, event_id: str, kind: str, obj: dict[str, 
             return f"reversed {reversal.taken} taken, {reversal.shortfall} owed"
         return reversal.status
     return "ignored"
+
+
+def _amount_total(obj: dict[str, Any], settings: Settings, tokens: int) -> int:
+    """What the session charges (smallest currency unit); used only for a session this server
+    never recorded (refunds are prorated on it). Falls back to the pack's price."""
+    value = obj.get("amount_total")
+    if isinstance(value, int) and value > 0:
+        return value
+    return settings.packs.get(tokens) or 1
 
 
 def _order(obj: dict[str, Any]) -> tuple[str, uuid.UUID, int] | None:

@@ -210,6 +210,9 @@ async def test_events_for_other_sessions_are_ignored(stripe_client: MakeClient) 
     unknown_user = session_object("cs_ghost", uuid.uuid4(), 100, 199)
     assert (await post_event(client, event("checkout.session.completed", unknown_user)))["result"].startswith(
         "ignored")
+    unpaid_ghost = session_object("cs_ghost2", uuid.uuid4(), 100, 199, payment_status="unpaid")
+    assert (await post_event(client, event("checkout.session.completed", unpaid_ghost)))["result"].startswith(
+        "ignored")
     assert (await post_event(client, event("customer.created", {"id": "cus_1"})))["result"] == "ignored"
     assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM ledger_transfers") == 0
 
