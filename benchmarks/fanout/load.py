@@ -332,6 +332,8 @@ def main() -> None:
                         help="PostgreSQL server for greenroom (a fresh database is created); empty: embedded")
     parser.add_argument("--redis-url", default="", help="greenroom with RedisBroker (default: in-process broker)")
     parser.add_argument("--json", help="also write every step as JSON here")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the OS place processes (default: server on the first CPU, clients on the others)")
     parser.add_argument("--quick", action="store_true", help="N=100,1000, four rates, 1.5 s steps")
     ns = parser.parse_args()
     targets = [t.strip() for t in ns.targets.split(",") if t.strip()]
@@ -340,8 +342,9 @@ def main() -> None:
     if ns.quick:
         ns.step_s = min(ns.step_s, 1.5)
     cpus = sorted(os.sched_getaffinity(0))
-    ns.server_cpus = {cpus[0]} if len(cpus) > 1 else None
-    ns.client_cpus = set(cpus[1:]) if len(cpus) > 1 else None
+    pin = len(cpus) > 1 and not ns.no_pin
+    ns.server_cpus = {cpus[0]} if pin else None
+    ns.client_cpus = set(cpus[1:]) if pin else None
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and workers
     need = max(sizes) + 1000
@@ -354,6 +357,7 @@ def main() -> None:
     for target in targets:
         results += asyncio.run(run_target(target, ns, sizes, ladder))
     print()
+    print(f"load average at the end: {os.getloadavg()}")
     print(summary(results, sizes, targets))
     if ns.json:
         with open(ns.json, "w") as f:
