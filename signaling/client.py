@@ -436,20 +436,31 @@ class GreenroomClient:
         if epoch != state.epoch or not recovered:
             state.offset = min([e.offset for e in events if e.offset] or [top + 1]) - 1
         state.epoch = epoch
-        fresh: list[Event] = []
-        for event in [*events, *state.held]:
+        for event in events:
             if event.offset == 0:
-                fresh.append(event)
+                self._deliver_nowait(event)
             elif event.offset <= state.offset:
                 self.stats.duplicates_dropped += 1
             else:
                 state.offset = event.offset
-                fresh.append(event)
+                self._deliver_nowait(event)
         state.offset = max(state.offset, top)
-        state.held.clear()
+        held, state.held = state.held, []
         state.joining = False
-        for event in fresh:
-            self._deliver_nowait(event)
+        # Live events that arrived before the reply continue the stream from `top`, or reveal a gap.
+        for i, event in enumerate(held):
+            if event.offset == 0:
+                self._deliver_nowait(event)
+            elif event.offset <= state.offset:
+                self.stats.duplicates_dropped += 1
+            elif event.offset == state.offset + 1:
+                state.offset = event.offset
+                self._deliver_nowait(event)
+            else:
+                self.stats.gaps += 1
+                self._resync(state, event)
+                state.held.extend(held[i + 1:])
+                break
         return JoinResult(state.name, recovered, epoch, top, events, reply)
 
     def _resync(self, state: _Room, trigger: Event) -> None:

@@ -327,3 +327,21 @@ def test_token_and_provider_are_exclusive() -> None:
 
     with pytest.raises(ValueError, match="not both"):
         GreenroomClient("ws://x/ws", token="t", token_provider=provider)
+
+
+async def test_live_events_held_during_a_join_continue_from_its_reply_or_resync() -> None:
+    from signaling.client import _Room
+
+    client = GreenroomClient("ws://127.0.0.1:9/ws")
+    resyncs: list[int] = []
+    client._resync = lambda state, event: resyncs.append(event.offset)  # type: ignore[method-assign]
+    # Held while joining: 5 continues the reply's stream, 5 again is a duplicate, 7 skips 6.
+    held = [Event("r", 5, "m", {}), Event("r", 5, "m", {}), Event("r", 7, "m", {}), Event("r", 8, "m", {})]
+    state = _Room("r", {}, epoch="e1", offset=2, joining=True, held=held)
+    client._joined(state, {"epoch": "e1", "offset": 4, "recovered": True,
+                           "events": [{"offset": 3, "type": "m", "data": {}}, {"offset": 4, "type": "m", "data": {}}]})
+    assert [e.offset for e in client._events] == [3, 4, 5]
+    assert resyncs == [7]
+    assert [e.offset for e in state.held] == [8]  # kept for after the resync's reply
+    assert client.stats.gaps == 1 and client.stats.duplicates_dropped == 1
+    assert state.offset == 5

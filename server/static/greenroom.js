@@ -386,19 +386,33 @@ export class GreenroomSocket {
       room.offset = (first.length ? Math.min(...first) : top + 1) - 1;
     }
     room.epoch = epoch;
-    const fresh = [];
-    for (const e of [...events, ...room.held]) {
-      if (e.offset === 0) fresh.push(e);
+    for (const e of events) {
+      if (e.offset === 0) this._deliver(e);
       else if (e.offset <= room.offset) this.stats.duplicatesDropped += 1;
       else {
         room.offset = e.offset;
-        fresh.push(e);
+        this._deliver(e);
       }
     }
     room.offset = Math.max(room.offset, top);
+    const held = room.held;
     room.held = [];
     room.joining = false;
-    for (const e of fresh) this._deliver(e);
+    // Live events that arrived before the reply continue the stream from `top`, or reveal a gap.
+    for (let i = 0; i < held.length; i++) {
+      const e = held[i];
+      if (e.offset === 0) this._deliver(e);
+      else if (e.offset <= room.offset) this.stats.duplicatesDropped += 1;
+      else if (e.offset === room.offset + 1) {
+        room.offset = e.offset;
+        this._deliver(e);
+      } else {
+        this.stats.gaps += 1;
+        this._resync(name, room, e);
+        room.held.push(...held.slice(i + 1));
+        break;
+      }
+    }
   }
 
   async _rejoin(name, room) {
