@@ -7,20 +7,21 @@ One batch is one transaction on the engine's connection:
   3. read the transfers already stored under its ids, and the holds' states (stable now: only a
      writer holding a hold's account locks changes it);
   4. apply in memory (`apply.Batch`);
-  5. one INSERT of every new transfer from `unnest`, one UPDATE of every changed account from
-     `unnest` (guarded by the counters read under lock), one INSERT and one UPDATE of hold states.
+  5. one statement: an INSERT of every new transfer from `unnest`, an UPDATE of every changed
+     account from `unnest` (guarded by the counters read under lock), an INSERT and an UPDATE of
+     hold states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 import orjson
 
-from .apply import AccountState, Batch, PendingState, Stored
+from .apply import AccountState, Batch, PendingState, Row, Stored
 from .model import INT64_MAX, Code, PendingStatus
 
 _HOLD_ACCOUNTS = """
@@ -42,36 +43,44 @@ SELECT p.pending_id, t.debit_account_id, t.credit_account_id, t.amount, t.code, 
 FROM ledger_pending p JOIN ledger_transfers t ON t.id = p.pending_id
 WHERE p.pending_id = ANY($1::uuid[])"""
 
-# WITH ORDINALITY ... ORDER BY keeps `seq` in application order.
-_INSERT_TRANSFERS = """
-INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, code, flags, pending_id,
-                              timeout_s, expires_at, debit_balance_after, credit_balance_after, metadata,
-                              created_at)
-SELECT id, d, c, a, code, f, p, t, e, da, ca, m::jsonb, $13
-FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::smallint[], $7::uuid[],
-            $8::integer[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::text[])
-     WITH ORDINALITY AS u(id, d, c, a, code, f, p, t, e, da, ca, m, n)
-ORDER BY n"""
-
-# Absolute values, guarded by the values read under lock: a mismatch means someone wrote the
-# counters without the lock, and the row count says so.
-_UPDATE_ACCOUNTS = """
-UPDATE ledger_accounts AS a
-SET debits_pending = u.dp, debits_posted = u.dpo, credits_pending = u.cp, credits_posted = u.cpo
-FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-            $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) AS u(id, dp, dpo, cp, cpo, odp, odpo, ocp, ocpo)
-WHERE a.id = u.id AND a.debits_pending = u.odp AND a.debits_posted = u.odpo
-  AND a.credits_pending = u.ocp AND a.credits_posted = u.ocpo"""
-
-_INSERT_PENDING = """
-INSERT INTO ledger_pending (pending_id, status, expires_at, resolved_by, resolved_at)
-SELECT id, s, e, r, CASE WHEN s = 'pending' THEN NULL ELSE $5::timestamptz END
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[]) AS u(id, s, e, r)"""
-
-_UPDATE_PENDING = """
-UPDATE ledger_pending AS p SET status = u.s, resolved_by = u.r, resolved_at = $4
-FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS u(id, s, r)
-WHERE p.pending_id = u.id AND p.status = 'pending'"""
+# One statement writes the whole batch (one round trip). Its parts touch different rows, and
+# the foreign keys of ledger_pending are checked at the end of the statement, after every part ran.
+# WITH ORDINALITY ... ORDER BY keeps `seq` in application order. The account UPDATE sets absolute
+# values, guarded by the values read under lock: a count short of the changed accounts means
+# someone wrote counters without the lock.
+_WRITE = """
+WITH transfers AS (
+    INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, code, flags, pending_id,
+                                  timeout_s, expires_at, debit_balance_after, credit_balance_after, metadata,
+                                  created_at)
+    SELECT id, d, c, a, code, f, p, t, e, da, ca, m::jsonb, $13
+    FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::smallint[], $7::uuid[],
+                $8::integer[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::text[])
+         WITH ORDINALITY AS u(id, d, c, a, code, f, p, t, e, da, ca, m, n)
+    ORDER BY n
+    RETURNING 1
+), accounts AS (
+    UPDATE ledger_accounts AS a
+    SET debits_pending = u.dp, debits_posted = u.dpo, credits_pending = u.cp, credits_posted = u.cpo
+    FROM unnest($14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[],
+                $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[])
+         AS u(id, dp, dpo, cp, cpo, odp, odpo, ocp, ocpo)
+    WHERE a.id = u.id AND a.debits_pending = u.odp AND a.debits_posted = u.odpo
+      AND a.credits_pending = u.ocp AND a.credits_posted = u.ocpo
+    RETURNING 1
+), new_holds AS (
+    INSERT INTO ledger_pending (pending_id, status, expires_at, resolved_by, resolved_at)
+    SELECT id, s, e, r, CASE WHEN s = 'pending' THEN NULL ELSE $13 END
+    FROM unnest($23::uuid[], $24::text[], $25::timestamptz[], $26::uuid[]) AS u(id, s, e, r)
+    RETURNING 1
+), resolved_holds AS (
+    UPDATE ledger_pending AS p SET status = u.s, resolved_by = u.r, resolved_at = $13
+    FROM unnest($27::uuid[], $28::text[], $29::uuid[]) AS u(id, s, r)
+    WHERE p.pending_id = u.id AND p.status = 'pending'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM transfers), (SELECT count(*) FROM accounts), (SELECT count(*) FROM new_holds),
+       (SELECT count(*) FROM resolved_holds)"""
 
 
 def canonical_json(text: str | None) -> str | None:
@@ -114,25 +123,25 @@ async def load(conn: asyncpg.Connection, transfer_ids: list[UUID], pending_ids: 
 async def write(conn: asyncpg.Connection, batch: Batch) -> None:
     """Write what `batch` computed; call inside the same transaction as `load`."""
     assert conn.is_in_transaction()
-    now = batch.now
-    if batch.rows:
-        columns = list(zip(*batch.rows, strict=True))
-        status = await conn.execute(_INSERT_TRANSFERS, *columns, now)
-        assert status == f"INSERT 0 {len(batch.rows)}", status
+    rows = batch.rows
     changed = batch.changed_accounts()
-    if changed:
-        status = await conn.execute(_UPDATE_ACCOUNTS, *_account_columns(changed))
-        assert status == f"UPDATE {len(changed)}", f"account counters changed under the lock: {status}"
     new = batch.new_pendings()
-    if new:
-        status = await conn.execute(_INSERT_PENDING, [p.id for p in new], [p.status.value for p in new],
-                                    [p.expires_at for p in new], [p.resolved_by for p in new], now)
-        assert status == f"INSERT 0 {len(new)}", status
     resolved = batch.resolved_pendings()
-    if resolved:
-        status = await conn.execute(_UPDATE_PENDING, [p.id for p in resolved],
-                                    [p.status.value for p in resolved], [p.resolved_by for p in resolved], now)
-        assert status == f"UPDATE {len(resolved)}", f"hold resolved under the lock by another writer: {status}"
+    if not (rows or changed or new or resolved):
+        return  # every event was refused or a replay
+    locked = batch.accounts.keys()
+    assert all(r.debit_account_id in locked and r.credit_account_id in locked for r in rows), \
+        "a transfer row names an account this batch did not lock"
+    transfer_columns: list[Sequence[object]] = list(zip(*rows, strict=True)) if rows else [()] * len(Row._fields)
+    counts = await conn.fetchrow(
+        _WRITE, *transfer_columns, batch.now, *_account_columns(changed),
+        [p.id for p in new], [p.status.value for p in new], [p.expires_at for p in new], [p.resolved_by for p in new],
+        [p.id for p in resolved], [p.status.value for p in resolved], [p.resolved_by for p in resolved])
+    assert counts is not None
+    assert counts[0] == len(rows), f"inserted {counts[0]} of {len(rows)} transfers"
+    assert counts[1] == len(changed), f"account counters changed under the lock: {counts[1]} of {len(changed)}"
+    assert counts[2] == len(new), f"inserted {counts[2]} of {len(new)} holds"
+    assert counts[3] == len(resolved), f"hold resolved under the lock by another writer: {counts[3]} of {len(resolved)}"
 
 
 def _account_columns(changed: Iterable[AccountState]) -> list[list[int]]:

@@ -182,6 +182,14 @@ async def test_transfers_and_hold_states_cannot_be_edited(engine: Engine, db: as
 
 async def test_database_checks_refuse_what_the_engine_never_writes(db: asyncpg.Connection) -> None:
     [a] = await wallets(db, 1)
+    for statement in ("DELETE FROM ledger_accounts WHERE id = $1",
+                      "UPDATE ledger_accounts SET owner = NULL WHERE id = $1",
+                      "UPDATE ledger_accounts SET kind = 'earnings' WHERE id = $1",
+                      "UPDATE ledger_accounts SET id = id + 1000 WHERE id = $1"):
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await db.execute(statement, a)
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await db.execute("TRUNCATE ledger_accounts CASCADE")
     with pytest.raises(asyncpg.CheckViolationError):  # a wallet below zero
         await db.execute("UPDATE ledger_accounts SET debits_posted = 1 WHERE id = $1", a)
     with pytest.raises(asyncpg.CheckViolationError):  # flags follow from the kind
@@ -234,6 +242,16 @@ async def test_audit_catches_a_hold_resolved_twice(engine: Engine, db: asyncpg.C
     report = await audit(db)
     failed = {c.name: c for c in report.checks if not c.ok}
     assert failed["holds_resolved_once"].offending == [str(second)]
+
+
+async def test_audit_catches_a_transfer_naming_no_account(db: asyncpg.Connection) -> None:
+    rogue = uuid.uuid4()
+    await db.execute("INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, code, flags, "
+                     "debit_balance_after, credit_balance_after, created_at) "
+                     "VALUES ($1, 424242, $2, 7, 'tip', 0, 0, 0, now())", rogue, PLATFORM)
+    failed = {c.name: c for c in (await audit(db)).checks if not c.ok}
+    assert failed["transfers_well_formed"].offending == [str(rogue)]
+    assert "424242" in failed["counters_match_transfers"].offending
 
 
 async def test_greenroom_audit_exits_nonzero_with_offending_ids(dsn: str, db: asyncpg.Connection,
