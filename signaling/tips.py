@@ -50,8 +50,13 @@ class TipSend(OpData):
 
 
 async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID, amount: int, message: str = "",
-                   to_user_id: uuid.UUID | None = None, stream_id: uuid.UUID | None = None) -> dict[str, Any]:
-    """Tip a performer (`to_user_id`) or a live stream's host (`stream_id`); see the module doc."""
+                   to_user_id: uuid.UUID | None = None, stream_id: uuid.UUID | None = None,
+                   grant: rooms.RoomGrant | None = None) -> dict[str, Any]:
+    """Tip a performer (`to_user_id`) or a live stream's host (`stream_id`); see the module doc.
+
+    A tip to a stream needs the sender's right to tip in its room: `grant` from the socket's
+    join, or decided here (bans and access rules apply to REST tips as well).
+    """
     settings = app[appkeys.SETTINGS]
     if not 1 <= amount <= settings.tip_max_tokens:
         raise ApiError("VALIDATION_ERROR", f"amount must be 1..{settings.tip_max_tokens} tokens",
@@ -70,6 +75,12 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
         if stream["status"] != "live":
             raise ApiError("CONFLICT", "tips go to live streams", details={"status": stream["status"]})
         to_user_id = stream["host_id"]
+        if grant is None:
+            # As for joining: a private stream is NOT_FOUND to whoever may not enter it.
+            room = await streams.stream_room(app, sender, stream_id)
+            grant = await rooms.authorize_join(app, sender, room)
+        if not grant.can_tip and to_user_id != sender.user_id:
+            raise forbidden("you may not tip in this room")
     if to_user_id is None:
         raise ApiError("VALIDATION_ERROR", "name the performer (to_user_id) or the stream",
                        details={"field": "to_user_id"})
@@ -166,10 +177,11 @@ async def tip_send(ctx: OpContext, data: TipSend) -> dict[str, Any]:
     member = ctx.session.rooms.get(ctx.room_name)
     if member is None or not member.grant.can_tip:
         raise forbidden("you may not tip in this room")
+    grant: rooms.RoomGrant = member.grant
     settings = ctx.app[appkeys.SETTINGS]
     decision = await ctx.app[appkeys.LIMITER].hit(f"tips:{ctx.user.user_id}", budget(settings, "tips"))
     if not decision.allowed:
         raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {settings.rate_tips_per_min} tips per minute",
                        details={"category": "tips", "retry_after_s": round(decision.retry_after_s, 3)})
     return await send_tip(ctx.app, ctx.user, tip_id=uuid.UUID(data.id), amount=data.amount, message=data.message,
-                          stream_id=stream_id)
+                          stream_id=stream_id, grant=grant)

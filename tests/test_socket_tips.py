@@ -192,3 +192,25 @@ async def test_stream_tips_listing_visibility(socket_client: MakeClient) -> None
     assert (await client.get("/v1/streams/not-a-uuid/tips")).status == 404
     assert (await client.get(f"/v1/streams/{stream['id']}/tips", params={"per_page": 0},
                              headers=host.headers)).status == 422
+
+
+async def test_rest_tips_to_a_stream_respect_the_room_rules(socket_client: MakeClient) -> None:
+    client = await socket_client()
+    app = client.app
+    host, fan, outsider = await make_user(app, role="performer"), await make_user(app), await make_user(app)
+    for u in (fan, outsider):
+        await fund(app, u.id, 100)
+    stream = await _live(client, host)
+    resp = await client.post(f"/v1/streams/{stream['id']}/bans", json={"user_id": str(fan.id)}, headers=host.headers)
+    assert resp.status == 201, await resp.text()
+    body = {"to_user_id": str(host.id), "amount": 5, "stream_id": stream["id"]}
+    resp = await client.post("/v1/wallet/transfer", json=body, headers=fan.headers)
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "BANNED"
+    private = await _live(client, await make_user(app, role="performer"), access="private")
+    resp = await client.post("/v1/wallet/transfer", json={**body, "to_user_id": private["host_id"],
+                                                          "stream_id": private["id"]}, headers=outsider.headers)
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "NOT_FOUND"
+    resp = await client.post("/v1/wallet/transfer", json={**body, "to_user_id": private["host_id"]},
+                             headers=outsider.headers)
+    assert resp.status == 422, "a stream's id with another performer as recipient"
+    assert await available(app, fan.id) == 100 and await available(app, outsider.id) == 100
