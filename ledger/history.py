@@ -25,22 +25,41 @@ from .model import INT64_MAX, Code, PendingStatus, TransferFlags
 _PENDING, _POST, _VOID = int(TransferFlags.PENDING), int(TransferFlags.POST_PENDING), int(TransferFlags.VOID_PENDING)
 
 # A tip's fee leg has `tip` in its metadata but not `gross` (that sits on the performer leg).
-_WHERE = """
-(t.debit_account_id = ANY($1::bigint[]) OR t.credit_account_id = ANY($1::bigint[]))
-AND NOT (t.code = 'fee' AND t.metadata ? 'tip' AND NOT t.metadata ? 'gross')
-AND ($2::text[] IS NULL OR t.code = ANY($2::text[]))
-AND ($3::timestamptz IS NULL OR t.created_at >= $3) AND ($4::timestamptz IS NULL OR t.created_at < $4)"""
+_FILTERS = """
+AND NOT (code = 'fee' AND metadata ? 'tip' AND NOT metadata ? 'gross')
+AND ($2::text[] IS NULL OR code = ANY($2::text[]))
+AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)"""
 
-_PAGE = f"""
+_WHERE = f"(debit_account_id = ANY($1::bigint[]) OR credit_account_id = ANY($1::bigint[])) {_FILTERS}"
+
+
+# Each side needs at most the rows up to the end of the asked page.
+_NEWEST = "ORDER BY seq DESC LIMIT $6::bigint + $7::bigint"
+
+
+def _page_sql(accounts: int) -> str:
+    """Newest rows first: per account and side, an index scan on (account, seq) that stops after
+    `limit + offset` rows, merged; so a page costs its size, not the account's whole history.
+    A transfer between two of the user's own accounts is taken from its debit side only."""
+    sides = []
+    for i in range(1, accounts + 1):
+        sides.append(f"(SELECT * FROM ledger_transfers WHERE debit_account_id = ($1::bigint[])[{i}] AND seq < $5 "
+                     f"{_FILTERS} {_NEWEST})")
+        sides.append(f"(SELECT * FROM ledger_transfers WHERE credit_account_id = ($1::bigint[])[{i}] AND seq < $5 "
+                     f"AND NOT debit_account_id = ANY($1::bigint[]) {_FILTERS} {_NEWEST})")
+    return f"""
 SELECT t.id, t.seq, t.debit_account_id, t.credit_account_id, t.amount, t.code, t.flags,
        t.debit_balance_after, t.credit_balance_after, t.metadata::text, t.created_at, p.status, h.amount
-FROM ledger_transfers t
+FROM ({" UNION ALL ".join(sides)}) AS t
 LEFT JOIN ledger_pending p ON p.pending_id = t.id
 LEFT JOIN ledger_transfers h ON h.id = t.pending_id
-WHERE {_WHERE} AND t.seq < $5
 ORDER BY t.seq DESC LIMIT $6 OFFSET $7"""
 
-_COUNT = f"SELECT count(*) FROM ledger_transfers t WHERE {_WHERE}"
+
+# A user has a wallet and maybe earnings; more accounts per call would mean a longer UNION.
+ACCOUNTS_MAX = 4
+
+_COUNT = f"SELECT count(*) FROM ledger_transfers WHERE {_WHERE}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +90,14 @@ async def movements(db: Db, account_ids: Sequence[int], *, codes: Sequence[Code]
     """The accounts' transactions, newest first. Page with `offset` (and `count`), or with
     `cursor` (a `next_cursor` of the previous call: rows older than it)."""
     assert 1 <= limit <= 1000 and offset >= 0
-    mine = [a for a in account_ids if 0 < a <= INT64_MAX]
+    mine = sorted({a for a in account_ids if 0 < a <= INT64_MAX})
     if not mine:
         return History([], 0 if count else None, None)
+    if len(mine) > ACCOUNTS_MAX:
+        raise ValueError(f"at most {ACCOUNTS_MAX} accounts per history")
     code_values = [Code(c).value for c in codes] if codes else None
-    rows = await db.fetch(_PAGE, mine, code_values, since, until, cursor if cursor is not None else INT64_MAX,
-                          limit + 1, offset)
+    rows = await db.fetch(_page_sql(len(mine)), mine, code_values, since, until,
+                          cursor if cursor is not None else INT64_MAX, limit + 1, offset)
     items = [_movement(r, set(mine)) for r in rows[:limit]]
     total = int(await db.fetchval(_COUNT, mine, code_values, since, until)) if count else None
     return History(items, total, items[-1].seq if len(rows) > limit else None)
