@@ -87,7 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--payers", type=int, default=1000, help="hot workload: payers of the one performer")
     p.add_argument("--accounts", type=int, default=10_000, help="uniform workload: wallets")
     p.add_argument("--batch-max", type=int, default=1000, help="engine: most transfers per batch")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="engine: how long a batch collects")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="engine: longest a batch waits for more")
     p.add_argument("--no-naive", action="store_true", help="skip the baseline")
     p.add_argument("--no-audit", action="store_true", help="skip the audit at the end")
     p.add_argument("--json", type=Path, help="also write the runs as JSON here")

