@@ -24,7 +24,7 @@ Semantics follow TigerBeetle's `create_transfers`:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 from uuid import UUID
@@ -127,15 +127,17 @@ class Row(NamedTuple):
     metadata: str | None
 
 
-@dataclass(slots=True)
 class _Undo:
     """What a linked chain changed, to restore when the chain fails."""
 
-    rows_len: int
-    accounts: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
-    pendings: dict[UUID, tuple[PendingStatus, UUID | None]] = field(default_factory=dict)
-    new_pendings: list[UUID] = field(default_factory=list)
-    new_ids: list[UUID] = field(default_factory=list)
+    __slots__ = ("accounts", "new_ids", "new_pendings", "pendings", "rows_len")
+
+    def __init__(self, rows_len: int) -> None:
+        self.rows_len = rows_len
+        self.accounts: dict[int, tuple[int, int, int, int]] = {}
+        self.pendings: dict[UUID, tuple[PendingStatus, UUID | None]] = {}
+        self.new_pendings: list[UUID] = []
+        self.new_ids: list[UUID] = []
 
 
 class Batch:
@@ -173,7 +175,7 @@ class Batch:
             if end == start:
                 results.append(self._transfer(transfers[start], metadata[start]))
             else:
-                results.extend(self._chain(transfers[start:end + 1], metadata[start:end + 1]))
+                results.extend(self._chain(transfers, metadata, start, end + 1))
             start = end + 1
         assert len(results) == count
         return results
@@ -215,27 +217,31 @@ class Batch:
 
     # --- one chain, one transfer ---------------------------------------------------------
 
-    def _chain(self, transfers: Sequence[Transfer], metadata: Sequence[str | None]) -> list[Result]:
+    def _chain(self, transfers: Sequence[Transfer], metadata: Sequence[str | None], start: int,
+               stop: int) -> list[Result]:
+        """Apply transfers[start:stop] all or nothing."""
         assert self._undo is None, "chains do not nest"
-        undo = _Undo(rows_len=len(self.rows))
+        assert stop - start >= 2
+        undo = _Undo(len(self.rows))
         self._undo = undo
         results: list[Result] = []
+        ok = 0
         replay = True  # every member so far answered `exists`
-        for transfer, meta in zip(transfers, metadata, strict=True):
-            result = self._transfer(transfer, meta)
+        for index in range(start, stop):
+            result = self._transfer(transfers[index], metadata[index])
             results.append(result)
-            replay = replay and result is _EXISTS
-            if result is not _OK and not replay:
+            if result is _OK:
+                ok += 1
+                replay = False
+            elif result is not _EXISTS or not replay:
+                replay = False
                 break
         self._undo = None
-        if len(results) == len(transfers):
-            if all(r is _OK for r in results):
-                return results
-            if replay:
-                return results
+        if ok == stop - start or (replay and len(results) == stop - start):
+            return results
         self._rollback(undo)
         failed = next(i for i, r in enumerate(results) if r is not _OK)
-        out = [Result.LINKED_EVENT_FAILED] * len(transfers)
+        out = [Result.LINKED_EVENT_FAILED] * (stop - start)
         out[failed] = results[failed]
         return out
 
@@ -410,9 +416,11 @@ class Batch:
         self.stored[stored.id] = stored
         if self._undo is not None:
             self._undo.new_ids.append(stored.id)
+        # `available` spelled out: this runs per transfer, and a property call costs as much again.
         self.rows.append(Row(stored.id, debit.id, credit.id, stored.amount, stored.code, stored.flags,
-                             stored.pending_id, stored.timeout_s, expires_at, debit.available,
-                             credit.available, stored.metadata))
+                             stored.pending_id, stored.timeout_s, expires_at,
+                             debit.credits_posted - debit.debits_posted - debit.debits_pending,
+                             credit.credits_posted - credit.debits_posted - credit.debits_pending, stored.metadata))
 
     def _add_pending(self, hold: PendingState) -> None:
         assert hold.id not in self.pendings
