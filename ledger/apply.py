@@ -308,10 +308,7 @@ class Batch:
         hold = self.pendings.get(t.pending_id)
         stored = self.stored.get(t.id)
         if stored is not None:
-            if hold is None:
-                # Stored under another pending_id (the one named here does not exist).
-                return Result.EXISTS_WITH_DIFFERENT_FIELDS
-            return self._exists(self._resolved(t, hold), meta, stored)
+            return self._exists(self._resolved(t, hold, stored), meta, stored)
         if hold is None:
             return Result.PENDING_NOT_FOUND
         if t.debit_account_id != 0 and t.debit_account_id != hold.debit_account_id:
@@ -391,12 +388,19 @@ class Batch:
     # --- helpers -------------------------------------------------------------------------
 
     @staticmethod
-    def _resolved(t: Transfer, hold: PendingState) -> Transfer:
-        """`t` with the hold's values in place of its 0 wildcards, to compare with a stored post/void."""
-        amount = t.amount or hold.amount
-        return Transfer(t.id, t.debit_account_id or hold.debit_account_id,
-                        t.credit_account_id or hold.credit_account_id, amount, t.code, t.flags,
-                        t.pending_id, t.timeout_s, None)
+    def _resolved(t: Transfer, hold: PendingState | None, stored: Stored) -> Transfer:
+        """`t` with its 0 wildcards filled in, to compare with the stored post/void of the same id.
+
+        From the hold; from the stored row when the hold is not in this batch (`t` names another
+        pending_id, which the comparison then refuses, or another process committed the hold after
+        this batch read the holds' accounts).
+        """
+        if hold is not None:
+            debit, credit, amount = hold.debit_account_id, hold.credit_account_id, hold.amount
+        else:
+            debit, credit, amount = stored.debit_account_id, stored.credit_account_id, stored.amount
+        return Transfer(t.id, t.debit_account_id or debit, t.credit_account_id or credit, t.amount or amount,
+                        t.code, t.flags, t.pending_id, t.timeout_s, None)
 
     @staticmethod
     def _exists(t: Transfer, meta: str | None, stored: Stored) -> Result:
@@ -451,3 +455,4 @@ class Batch:
             del self.pendings[pending_id]
         for transfer_id in undo.new_ids:
             del self.stored[transfer_id]
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,8 @@ _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, async
 
 
 _FLAGS_ALL = int(TRANSFER_FLAGS_ALL)
+# A JSON escape \u0000 (not an escaped backslash followed by the text u0000).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def utc_now() -> datetime:
@@ -186,6 +189,9 @@ class Engine:
         encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         if len(encoded) > self._metadata_max_bytes:
             raise ValueError(f"Transfer.metadata is {len(encoded)} bytes, the limit is {self._metadata_max_bytes}")
+        if b"\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
+            # jsonb refuses NUL: one such value would fail the whole batch in the database.
+            raise ValueError("Transfer.metadata must not contain NUL characters")
         return encoded.decode()
 
     async def _enqueue(self, submission: _Submission) -> list[Result]:
@@ -193,6 +199,8 @@ class Engine:
             raise LedgerUnavailable("ledger engine stopped after an invariant failed; see the log")
         if self._closing or self._writer is None:
             raise LedgerClosed("ledger engine is not running")
+        if self._writer.done():
+            raise LedgerUnavailable("ledger writer stopped; see the log")
         if self._queued + submission.size > self._queue_max:
             raise LedgerOverloaded(f"ledger queue is full ({self._queued} of {self._queue_max} queued)")
         self._queue.append(submission)
@@ -267,6 +275,12 @@ class Engine:
                 error = exc
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
                 log.error("ledger batch failed: %s", exc)
+                await self._drop_connection()
+                error = exc
+            except Exception as exc:
+                # Unforeseen (a driver bug, a value no check caught): fail this batch's callers, not
+                # the writer, or every later caller would wait forever.
+                log.exception("ledger batch failed unexpectedly")
                 await self._drop_connection()
                 error = exc
             else:

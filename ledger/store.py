@@ -84,7 +84,11 @@ SELECT (SELECT count(*) FROM transfers), (SELECT count(*) FROM accounts), (SELEC
 
 
 def canonical_json(text: str | None) -> str | None:
-    """The one spelling of a JSON value that resubmissions are compared in (sorted keys)."""
+    """The one spelling of a JSON value that resubmissions are compared in (sorted keys).
+
+    Round-tripping through orjson also undoes jsonb's spellings: jsonb prints 1e20 as
+    100000000000000000000, which orjson reads back as the float 1e20 (tested).
+    """
     if text is None:
         return None
     return orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS).decode()

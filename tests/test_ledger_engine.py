@@ -293,6 +293,39 @@ async def test_database_error_fails_the_batch_with_an_error_and_the_engine_goes_
     assert engine.stats.failed_batches == 1
 
 
+async def test_unforeseen_failure_fails_the_batch_not_the_writer(engine: Engine, db: asyncpg.Connection,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the write step raises something no handler names."""
+    from ledger import store
+
+    a, b = await wallets(db, 2)
+    await fund(engine, a, 100)
+    real_write = store.write
+
+    async def broken_write(conn: asyncpg.Connection, batch: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(store, "write", broken_write)
+    with pytest.raises(LedgerUnavailable, match="injected"):
+        await results(engine, move(a, b, 1))
+    monkeypatch.setattr(store, "write", real_write)
+    assert await results(engine, move(a, b, 1)) == [Result.OK]
+    assert await counters(db, a) == (0, 1, 0, 100)
+
+
+async def test_metadata_replays_compare_as_json_values(engine: Engine, db: asyncpg.Connection) -> None:
+    a, b = await wallets(db, 2)
+    await fund(engine, a, 100)
+    # jsonb spells 1e20 as 100000000000000000000 and 1e-7 as 0.0000001: still the same values.
+    t = move(a, b, 1, metadata={"big": 1e20, "flag": True, "tiny": 1e-7, "list": [1, 2.5, None], "text": "\\u0000"})
+    assert await results(engine, t) == [Result.OK]
+    assert await results(engine, t) == [Result.EXISTS]
+    changed = dict(t.metadata or {}) | {"flag": 1}
+    assert await results(engine, t._replace(metadata=changed)) == [Result.EXISTS_WITH_DIFFERENT_FIELDS]
+    changed = dict(t.metadata or {}) | {"list": [1, 2.5]}
+    assert await results(engine, t._replace(metadata=changed)) == [Result.EXISTS_WITH_DIFFERENT_FIELDS]
+
+
 async def test_lost_connection_is_replaced(engine: Engine, db: asyncpg.Connection) -> None:
     a, b = await wallets(db, 2)
     await fund(engine, a, 100)
@@ -360,6 +393,8 @@ MALFORMED: list[tuple[list[Transfer], type[Exception]]] = [
     ([Transfer(uuid.uuid4(), 1, 2, 1, Code.TIP, metadata={"x": "y" * 5000})], ValueError),
     ([Transfer(uuid.uuid4(), 1, 2, 1, Code.TIP, metadata={"x": object()})], TypeError),
     ([Transfer(uuid.uuid4(), 1, 2, 1, Code.TIP, metadata=["x"])], TypeError),  # type: ignore[arg-type]
+    # PostgreSQL's jsonb refuses NUL; it would fail everyone's batch.
+    ([Transfer(uuid.uuid4(), 1, 2, 1, Code.TIP, metadata={"m": "a\x00b"})], ValueError),
     ([Transfer(uuid.uuid4(), 1, 2, 1, Code.TIP)] * 1001, ValueError),
 ]
 
