@@ -227,6 +227,9 @@ class Engine:
             except asyncio.CancelledError:
                 self._fail(batch, LedgerUnavailable("ledger engine stopped during this batch; resubmit"))
                 raise
+            if self._broken is not None:
+                self._fail_queued(LedgerUnavailable("ledger engine stopped after an invariant failed; see the log"))
+                return
 
     async def _collect(self) -> None:
         """Wait until the batch is full or its oldest submission has waited batch_wait_s."""

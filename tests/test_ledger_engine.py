@@ -313,6 +313,30 @@ async def test_unforeseen_failure_fails_the_batch_not_the_writer(engine: Engine,
     assert await counters(db, a) == (0, 1, 0, 100)
 
 
+async def test_a_failed_invariant_stops_the_engine(dsn: str, db: asyncpg.Connection,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: an invariant assertion fires while writing. Writing on could write wrong."""
+    from ledger import store
+
+    a, b = await wallets(db, 2)
+    engine = await start_engine(dsn, batch_max=2)
+    try:
+        await fund(engine, a, 100)
+
+        async def broken_write(conn: asyncpg.Connection, batch: object) -> None:
+            raise AssertionError("injected invariant failure")
+
+        monkeypatch.setattr(store, "write", broken_write)
+        got = await asyncio.gather(*(results(engine, move(a, b, 1), move(a, b, 1)) for _ in range(3)),
+                                   return_exceptions=True)
+        assert all(isinstance(g, LedgerUnavailable) for g in got), got
+        with pytest.raises(LedgerUnavailable, match="invariant"):
+            await engine.submit([move(a, b, 1)])
+    finally:
+        await engine.close()
+    assert await counters(db, a) == (0, 0, 0, 100)
+
+
 async def test_metadata_replays_compare_as_json_values(engine: Engine, db: asyncpg.Connection) -> None:
     a, b = await wallets(db, 2)
     await fund(engine, a, 100)
