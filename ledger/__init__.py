@@ -10,6 +10,11 @@ Writing (only through the engine; one per process, `app[appkeys.LEDGER]` in the 
     outcomes = await engine.submit([Transfer(...), ...])   # one Outcome(id, result) per transfer
     await engine.close()                                   # applies what is queued (bounded)
 
+- One engine per process, one writer task, its own connection. Submissions queue (bounded by
+  `queue_max` transfers) and are applied in batches of at most `batch_max` in one transaction:
+  accounts locked once each in id order, every transfer checked in queue order in memory, one
+  write statement, one COMMIT. Figures: benchmarks/RESULTS.md.
+
 - `submit` returns only after COMMIT (synchronous_commit on). Results are codes, never
   exceptions: `Result.OK`, `Result.EXISTS` (applied before with equal fields: nothing moved now;
   treat as ok, `Outcome.applied` is True for both), `EXISTS_WITH_DIFFERENT_FIELDS`,
@@ -35,8 +40,11 @@ Writing (only through the engine; one per process, `app[appkeys.LEDGER]` in the 
   the rest is released); void with `flags=VOID_PENDING` (amount 0 or the hold's). The code must
   equal the hold's. A hold resolves once; after `expires_at` it is `pending_expired` and the
   sweeper releases it (`Sweeper`, every `ledger_sweep_interval_s`).
-- Metadata: a small JSON object (`ledger_metadata_max_bytes`) stored with the transfer (room,
-  message, Stripe ids); part of the fields a resubmission must match.
+- Metadata: a small JSON object (`ledger_metadata_max_bytes`, no NUL characters) stored with
+  the transfer (room, message, Stripe ids); part of the fields a resubmission must match
+  (compared as JSON values: key order and number spelling do not matter).
+- `Engine.expire(pending_ids)` releases due holds (the sweeper's call); `Engine.stats` counts
+  batches, events, retried and failed batches; `Engine.queued` is the current queue depth.
 
 Reading and creating accounts (any connection or pool; module `accounts`)::
 
