@@ -133,6 +133,27 @@ async def test_two_engines_racing_on_the_same_ids_apply_each_once(dsn: str, db: 
     assert await db.fetchval("SELECT count(*) FROM ledger_transfers WHERE code IN ('tip', 'fee')") == 2 * len(tips)
 
 
+async def test_one_id_with_different_accounts_in_two_engines_at_once(dsn: str, db: asyncpg.Connection) -> None:
+    """Nothing serializes these two (disjoint accounts): the id's primary key does, and the loser's
+    batch is retried to answer exists_with_different_fields."""
+    a, b, c, d = await wallets(db, 4)
+    first = await start_engine(dsn)
+    second = await start_engine(dsn)
+    try:
+        await fund_all(first, [a, c], 1000)
+        for _ in range(20):
+            same = uuid.uuid4()
+            got = await asyncio.gather(results(first, Transfer(same, a, b, 1, Code.TIP)),
+                                       results(second, Transfer(same, c, d, 2, Code.TIP)))
+            assert sorted(r[0].value for r in got) == ["exists_with_different_fields", "ok"], got
+    finally:
+        await first.close()
+        await second.close()
+    moved = (await counters(db, b))[3] + (await counters(db, d))[3] // 2
+    assert moved == 20
+    assert await db.fetchval("SELECT count(*) FROM ledger_transfers WHERE code = 'tip'") == 20
+
+
 async def test_200_concurrent_tippers_on_one_performer_each_accounted_once(engine: Engine,
                                                                            db: asyncpg.Connection) -> None:
     tippers = await wallets(db, 200)
