@@ -6,13 +6,15 @@ import datetime as dt
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from server import appkeys, sessions, users
 from server.errors import ApiError, forbidden
 from server.routing import Call, Router, Schema, json_response, ok
 from server.settings import Settings
 from server.tokens import token_service
+
+from .user_fields import Country, DateOfBirth, DisplayName, Email, Username
 
 router = Router("auth")
 
@@ -52,39 +54,14 @@ class LogoutOut(BaseModel):
 
 
 class RegisterBody(Schema):
-    email: str = Field(max_length=users.EMAIL_MAX)
+    email: Email
     password: str = Field(max_length=PASSWORD_INPUT_MAX)
-    display_name: str = Field(max_length=users.DISPLAY_NAME_MAX * 4)
-    username: str | None = None
+    display_name: DisplayName
+    username: Username | None = None
     role: Literal["viewer", "performer", "admin"] = Field(
         "viewer", description="`admin` is refused here: admins are made by the CLI or another admin.")
-    country: str | None = None
-    date_of_birth: dt.date | None = None
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, v: str) -> str:
-        return users.check_email(v)
-
-    @field_validator("display_name")
-    @classmethod
-    def _display_name(cls, v: str) -> str:
-        return users.check_display_name(v)
-
-    @field_validator("username")
-    @classmethod
-    def _username(cls, v: str | None) -> str | None:
-        return users.check_username(v) if v is not None else None
-
-    @field_validator("country")
-    @classmethod
-    def _country(cls, v: str | None) -> str | None:
-        return users.check_country(v) if v is not None else None
-
-    @field_validator("date_of_birth")
-    @classmethod
-    def _dob(cls, v: dt.date | None) -> dt.date | None:
-        return users.check_date_of_birth(v) if v is not None else None
+    country: Country | None = None
+    date_of_birth: DateOfBirth | None = None
 
 
 class LoginBody(Schema):

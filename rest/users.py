@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, JsonValue, RootModel, field_validator, model_validator
+from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
 
 from server import appkeys, users
 from server.errors import not_found
@@ -15,6 +14,7 @@ from server.routing import Call, Router, Schema, ok
 from server.tokens import token_service
 
 from .auth import UserOut
+from .user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
 
 router = Router("users")
 
@@ -35,46 +35,16 @@ class UserPatch(Schema):
     """Fields to change; absent fields stay, `null` clears an optional one. role, status,
     email_verified and date_of_birth are for admins."""
 
-    display_name: str | None = Field(None, max_length=users.DISPLAY_NAME_MAX * 4)
-    username: str | None = None
-    bio: str | None = Field(None, max_length=users.BIO_MAX)
-    profile_image_url: str | None = Field(None, max_length=users.URL_MAX)
-    avatar_url: str | None = Field(None, max_length=users.URL_MAX, description="Alias of profile_image_url.")
-    country: str | None = None
+    display_name: DisplayName | None = None
+    username: Username | None = None
+    bio: Bio | None = None
+    profile_image_url: Url | None = None
+    avatar_url: Url | None = Field(None, description="Alias of profile_image_url.")
+    country: Country | None = None
     role: Literal["viewer", "performer", "admin"] | None = None
     status: Literal["active", "suspended", "banned"] | None = None
     email_verified: bool | None = None
-    date_of_birth: dt.date | None = None
-
-    @field_validator("display_name")
-    @classmethod
-    def _display_name(cls, v: str | None) -> str | None:
-        return users.check_display_name(v) if v is not None else None
-
-    @field_validator("username")
-    @classmethod
-    def _username(cls, v: str | None) -> str | None:
-        return users.check_username(v) if v is not None else None
-
-    @field_validator("bio")
-    @classmethod
-    def _bio(cls, v: str | None) -> str | None:
-        return users.check_bio(v) if v is not None else None
-
-    @field_validator("profile_image_url", "avatar_url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        return users.check_url(v) if v is not None else None
-
-    @field_validator("country")
-    @classmethod
-    def _country(cls, v: str | None) -> str | None:
-        return users.check_country(v) if v is not None else None
-
-    @field_validator("date_of_birth")
-    @classmethod
-    def _dob(cls, v: dt.date | None) -> dt.date | None:
-        return users.check_date_of_birth(v) if v is not None else None
+    date_of_birth: DateOfBirth | None = None
 
     @model_validator(mode="after")
     def _one_image_field(self) -> UserPatch:
