@@ -75,6 +75,8 @@ class StepResult:
     client_cpu: float  # all client workers together, in cores
     lost_subscribers: int
     publish_errors: dict[str, int]
+    publish_p50_ms: float | None  # greenroom: chat.send round trip (the publish path, before fan-out)
+    publish_p99_ms: float | None
 
     @property
     def passed(self) -> bool:
@@ -118,12 +120,12 @@ async def _worker(pipe: multiprocessing.connection.Connection, info: RoomInfo, n
     async def one() -> None:
         async with gate:
             sub = Subscription(info, on_event)
-            await sub.open()
+            await sub.open_retrying()
             subs.append(sub)
 
     results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    pipe.send(("ready", len(subs), len(errors), errors[:3]))
+    pipe.send(("ready", len(subs), len(errors), errors[:3], sum(s.retries for s in subs)))
     loop = asyncio.get_running_loop()
     while True:
         cmd, arg = await loop.run_in_executor(None, pipe.recv)
@@ -163,11 +165,15 @@ async def start_workers(info: RoomInfo, n: int, count: int, cpus: set[int] | Non
         proc.start()
         workers.append(Worker(proc, ours))
     connected = 0
+    retried = 0
     for w in workers:
-        _, ok, failed, samples = await asyncio.to_thread(w.pipe.recv)
+        _, ok, failed, samples, retries = await asyncio.to_thread(w.pipe.recv)
         connected += ok
+        retried += retries
         if failed:
             print(f"  {failed} subscribers failed to connect, e.g. {samples}", file=sys.stderr)
+    if retried:
+        print(f"  {retried} connection attempts were reset or refused and retried", file=sys.stderr)
     return workers, connected
 
 
@@ -205,7 +211,8 @@ def line(r: StepResult) -> str:
             f"p99 {r.p99_ms:>8} ms  max {r.max_ms:>8} ms  delivered {r.delivered_fraction:.4f}  "
             f"server cpu {r.server_cpu:.2f} ({r.server_us_per_delivery} us/deliv)  client cpu {r.client_cpu:.2f}"
             + (f"  lost {r.lost_subscribers}" if r.lost_subscribers else "")
-            + (f"  errors {r.publish_errors}" if r.publish_errors else ""))
+            + (f"  errors {r.publish_errors}" if r.publish_errors else "")
+            + (f"  publish p50 {r.publish_p50_ms} p99 {r.publish_p99_ms} ms" if r.publish_p50_ms is not None else ""))
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -262,6 +269,7 @@ async def run_step(target: str, pub: Publisher, workers: list[Worker], sproc: ps
     """Publish at `rate` for the step, wait for the deliveries, and merge what the workers measured."""
     seconds = max(args.step_s, MIN_MESSAGES / rate)
     errs_before = dict(pub.errors)
+    pub.rtt = Histogram()
     s0, c0 = cpu_seconds(sproc), sum(cpu_seconds(p) for p in wprocs)
     t0 = time.monotonic()
     sent = await publish_for(pub, rate, seconds, step, args.text_bytes)
@@ -279,7 +287,9 @@ async def run_step(target: str, pub: Publisher, workers: list[Worker], sproc: ps
                       round(hist.n / elapsed), round(hist.n / max(1, sent * connected), 4),
                       round(hist.quantile_ms(0.5), 2), round(hist.quantile_ms(0.99), 2),
                       round(hist.max_us / 1000, 2), round((s1 - s0) / elapsed, 2),
-                      round((s1 - s0) * 1e6 / max(1, hist.n), 2), round((c1 - c0) / elapsed, 2), lost, errors)
+                      round((s1 - s0) * 1e6 / max(1, hist.n), 2), round((c1 - c0) / elapsed, 2), lost, errors,
+                      round(pub.rtt.quantile_ms(0.5), 2) if pub.rtt.n else None,
+                      round(pub.rtt.quantile_ms(0.99), 2) if pub.rtt.n else None)
 
 
 async def drain(workers: list[Worker], step: int, expected: int) -> None:

@@ -72,7 +72,7 @@ async def _worker(pipe: multiprocessing.connection.Connection, info: RoomInfo, n
 
     async def first(t: Tracker) -> None:
         async with gate:
-            t.absorb(await t.sub.open())
+            t.absorb(await t.sub.open_retrying())
 
     await asyncio.gather(*(first(t) for t in trackers))
     pipe.send(("ready", len(trackers)))

@@ -32,6 +32,7 @@ import aiohttp
 import orjson
 
 from . import wire
+from .latency import Histogram
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -86,6 +87,7 @@ def greenroom_env(port: int, dsn: str, data_dir: str, redis_url: str) -> dict[st
         "GREENROOM_DATA_DIR": data_dir,
         "GREENROOM_LOG_LEVEL": "WARNING",
         "GREENROOM_CHAT_RATE_PER_10S": "1000000000",
+        "GREENROOM_WS_OPS_PER_10S": "1000000000",
         "GREENROOM_RATE_AUTH_PER_MIN": "100000",
         "GREENROOM_RATE_STREAMING_PER_MIN": "100000",
         "GREENROOM_RATE_GENERAL_PER_HOUR": "10000000",
@@ -209,6 +211,19 @@ class Subscription:
         self.on_event = on_event
         self.conn: wire.WsConnection | None = None
         self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.retries = 0
+
+    async def open_retrying(self, attempts: int = 5) -> dict[str, Any]:
+        """`open`, retried with backoff when the server resets or refuses the connection (a full backlog)."""
+        for attempt in range(attempts):
+            try:
+                return await self.open()
+            except (OSError, TimeoutError):
+                if attempt == attempts - 1:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(0.1 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     async def open(self, since: dict[str, Any] | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
         """Connect and join; returns the join reply's data (greenroom) or {}."""
@@ -275,6 +290,8 @@ class Publisher:
         self.ok = 0
         self.errors: dict[str, int] = {}
         self._ref = 100
+        self._sent_at: dict[int, int] = {}  # greenroom: ref -> send time, for the publish round trip
+        self.rtt = Histogram()  # chat.send to its reply: the publish path (validation, PostgreSQL, broker)
 
     async def open(self) -> None:
         info = self.info
@@ -303,6 +320,9 @@ class Publisher:
                     if msg.get("ref") == 2 and not ready.done():
                         ready.set_result(None) if msg["ok"] else ready.set_exception(RuntimeError(str(msg)))
                     elif msg.get("ref", 0) >= 100:
+                        sent_at = self._sent_at.pop(msg["ref"], None)
+                        if sent_at is not None:
+                            self.rtt.add((now - sent_at) // 1000)
                         if msg["ok"]:
                             self.ok += 1
                         else:
@@ -325,6 +345,7 @@ class Publisher:
             conn.send_text(b"42" + orjson.dumps(["publish", chat_data(info, text)]))
         else:
             self._ref += 1
+            self._sent_at[self._ref] = time.monotonic_ns()
             conn.send_text(orjson.dumps({"op": "chat.send", "ref": self._ref, "room": info.room,
                                          "data": {"text": text}}))
 
