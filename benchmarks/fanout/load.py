@@ -7,8 +7,9 @@ sends at a ladder of rates, each for `--step-s` seconds; every message carries i
 (CLOCK_MONOTONIC, shared by processes on one host) and each subscriber records publish-to-receive
 latency in a mergeable histogram. Per step: deliveries/s, p50/p99/max latency, delivered fraction,
 server CPU (and server CPU per delivery, which does not depend on how fast the client is) and
-client CPU. A target's ladder stops at the first step with p99 >= 100 ms or delivered fraction
-< 0.99; the best passing step is "the highest rate with p99 < 100 ms".
+client CPU. The ladder climbs while the server keeps up (p99 < 1 s, 99% delivered); a failing
+step is run once more. Reported per N: the highest rate with p99 < 100 ms (every lower rate
+passing too), the highest sustained rate (p99 < 1 s), and the median server CPU per delivery.
 
 On a small machine the clients need as much CPU as the server (each delivery is a loopback
 `recv` plus a parse on their side): compare targets by their ratios and by server CPU per
@@ -50,6 +51,8 @@ LADDER = (1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 25_000, 30_
 QUICK_LADDER = (2_000, 10_000, 30_000, 60_000)
 SIZES = (100, 1_000, 5_000)
 QUICK_SIZES = (100, 1_000)
+P99_MS = 100.0
+SUSTAINED_P99_MS = 1000.0
 MIN_DELIVERED = 0.99
 MIN_MESSAGES = 10  # per step: a slow rate runs longer than --step-s rather than judge p99 on a handful
 DRAIN_MAX_S = 5.0  # after a step, how long stragglers may still arrive
@@ -80,7 +83,13 @@ class StepResult:
 
     @property
     def passed(self) -> bool:
-        return self.p99_ms < 100.0 and self.delivered_fraction >= MIN_DELIVERED
+        """The target's criterion: p99 under 100 ms, (almost) everything delivered."""
+        return self.p99_ms < P99_MS and self.delivered_fraction >= MIN_DELIVERED
+
+    @property
+    def sustained(self) -> bool:
+        """The server keeps up (latency bounded, nothing lost) even if slower than the criterion."""
+        return self.p99_ms < SUSTAINED_P99_MS and self.delivered_fraction >= MIN_DELIVERED
 
 
 # --- client worker process --------------------------------------------------------------
@@ -241,11 +250,14 @@ async def run_target(target: str, args: argparse.Namespace, sizes: tuple[int, ..
             try:
                 await pub.open()
                 print(f"{target} N={n}: {connected} subscribers connected", flush=True)
-                step += 1  # warm-up at the lowest rate, not reported
-                await publish_for(pub, max(1.0, ladder[0] / n), 1.0, step, args.text_bytes)
-                await asyncio.sleep(0.5)
+                step += 1  # warm-up at the lowest rate after the connection burst, not reported
+                await asyncio.sleep(1.0)
+                await publish_for(pub, max(1.0, ladder[0] / n), 3.0, step, args.text_bytes)
+                await asyncio.sleep(1.0)
                 for w in workers:
                     await w.ask("stats", step)
+                # Up the ladder while the server keeps up (p99 < 1 s); a failing step is retried, since
+                # other load on a shared machine can spoil one step.
                 for target_rate in ladder:
                     rate = target_rate / n
                     for attempt in range(1 + args.retries):
@@ -255,7 +267,7 @@ async def run_target(target: str, args: argparse.Namespace, sizes: tuple[int, ..
                         print(line(r) + ("  (retry)" if attempt else ""), flush=True)
                         if r.passed:
                             break
-                    if not r.passed:
+                    if not r.sustained:
                         break
             finally:
                 pub.close()
@@ -276,6 +288,7 @@ async def run_step(target: str, pub: Publisher, workers: list[Worker], sproc: ps
     elapsed = time.monotonic() - t0
     await drain(workers, step, sent * connected)
     s1, c1 = cpu_seconds(sproc), sum(cpu_seconds(p) for p in wprocs)
+    busy = time.monotonic() - t0  # publishing plus the drain: the window the CPU times cover
     hist, lost = Histogram(), 0
     for w in workers:
         h, lw = await w.ask("stats", step)
@@ -283,11 +296,12 @@ async def run_step(target: str, pub: Publisher, workers: list[Worker], sproc: ps
         lost += lw
     errors = {k: v - errs_before.get(k, 0) for k, v in pub.errors.items() if v - errs_before.get(k, 0)}
     # CPU is read after the drain: deliveries that trail the step are paid for within it.
+    # Deliveries/s is over the publishing time: a server that falls behind shows it in the latency.
     return StepResult(target, n, step, round(rate, 2), sent, connected, hist.n,
                       round(hist.n / elapsed), round(hist.n / max(1, sent * connected), 4),
                       round(hist.quantile_ms(0.5), 2), round(hist.quantile_ms(0.99), 2),
-                      round(hist.max_us / 1000, 2), round((s1 - s0) / elapsed, 2),
-                      round((s1 - s0) * 1e6 / max(1, hist.n), 2), round((c1 - c0) / elapsed, 2), lost, errors,
+                      round(hist.max_us / 1000, 2), round((s1 - s0) / busy, 2),
+                      round((s1 - s0) * 1e6 / max(1, hist.n), 2), round((c1 - c0) / busy, 2), lost, errors,
                       round(pub.rtt.quantile_ms(0.5), 2) if pub.rtt.n else None,
                       round(pub.rtt.quantile_ms(0.99), 2) if pub.rtt.n else None)
 
@@ -328,24 +342,49 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
-def best(results: list[StepResult], target: str, n: int) -> StepResult | None:
-    passing = [r for r in results if r.target == target and r.n == n and r.passed]
-    return max(passing, key=lambda r: r.deliveries_per_s, default=None)
+def best(results: list[StepResult], target: str, n: int, sustained: bool = False) -> StepResult | None:
+    """The highest passing rate below which every rate passed (once, counting the retry)."""
+    steps = [r for r in results if r.target == target and r.n == n]
+    top: StepResult | None = None
+    for rate in sorted({r.rate_msgs for r in steps}):
+        good = [r for r in steps if r.rate_msgs == rate and (r.sustained if sustained else r.passed)]
+        if not good:
+            break
+        top = max(good, key=lambda r: r.deliveries_per_s)
+    return top
+
+
+def us_per_delivery(results: list[StepResult], target: str, n: int) -> float | None:
+    """Median server CPU per delivery over the steps that kept up (fixed costs weigh less at high rates)."""
+    values = sorted(r.server_us_per_delivery for r in results
+                    if r.target == target and r.n == n and r.sustained and r.deliveries_per_s >= 5_000)
+    return values[len(values) // 2] if values else None
 
 
 def summary(results: list[StepResult], sizes: tuple[int, ...], targets: list[str]) -> str:
-    head = " | ".join(f"{t} best deliveries/s (p99 ms)" for t in targets)
-    lines = [f"| N | {head} | greenroom/raw | greenroom/socketio |", "|---|" + "---|" * (len(targets) + 2)]
+    """Per N and target: best rate with p99 < 100 ms, best sustained rate (p99 < 1 s), server us/delivery."""
+    def ratio(a: float | None, b: float | None, fmt: str) -> str:
+        return format(a / b, fmt) if a and b else "-"
+
+    lines = ["| N | target | deliveries/s with p99 < 100 ms (p99 ms) | sustained deliveries/s, p99 < 1 s (p99 ms) "
+             "| server us/delivery |", "|---|---|---|---|---|"]
     for n in sizes:
-        cells, bests = [], {}
         for t in targets:
-            b = best(results, t, n)
-            bests[t] = b.deliveries_per_s if b else 0
-            cells.append(f"{b.deliveries_per_s:,} ({b.p99_ms})" if b else "none passed")
-        g = bests.get("greenroom", 0)
-        ratio_raw = f"{g / bests['raw']:.2f}" if bests.get("raw") and "greenroom" in bests else "-"
-        ratio_sio = f"{g / bests['socketio']:.1f}x" if bests.get("socketio") and "greenroom" in bests else "-"
-        lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {ratio_raw} | {ratio_sio} |")
+            b, s, us = best(results, t, n), best(results, t, n, sustained=True), us_per_delivery(results, t, n)
+            lines.append(f"| {n:,} | {t} | {f'{b.deliveries_per_s:,} ({b.p99_ms})' if b else 'none'} | "
+                         f"{f'{s.deliveries_per_s:,} ({s.p99_ms})' if s else 'none'} | {us if us else '-'} |")
+    lines += ["", "| N | greenroom/raw, p99 < 100 ms | greenroom/raw, sustained | raw/greenroom server us "
+              "| greenroom/socketio, p99 < 100 ms | greenroom/socketio, sustained |", "|---|---|---|---|---|---|"]
+    for n in sizes:
+        def rate(t: str, sustained: bool, n: int = n) -> float | None:
+            b = best(results, t, n, sustained)
+            return float(b.deliveries_per_s) if b else None
+
+        lines.append(f"| {n:,} | {ratio(rate('greenroom', False), rate('raw', False), '.2f')} | "
+                     f"{ratio(rate('greenroom', True), rate('raw', True), '.2f')} | "
+                     f"{ratio(us_per_delivery(results, 'raw', n), us_per_delivery(results, 'greenroom', n), '.2f')} | "
+                     f"{ratio(rate('greenroom', False), rate('socketio', False), '.1f')} | "
+                     f"{ratio(rate('greenroom', True), rate('socketio', True), '.1f')} |")
     return "\n".join(lines)
 
 
