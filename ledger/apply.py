@@ -125,6 +125,7 @@ class Row(NamedTuple):
     debit_balance_after: int
     credit_balance_after: int
     metadata: str | None
+    created_at: datetime  # the batch's time
 
 
 class _Undo:
@@ -424,7 +425,8 @@ class Batch:
         self.rows.append(Row(stored.id, debit.id, credit.id, stored.amount, stored.code, stored.flags,
                              stored.pending_id, stored.timeout_s, expires_at,
                              debit.credits_posted - debit.debits_posted - debit.debits_pending,
-                             credit.credits_posted - credit.debits_posted - credit.debits_pending, stored.metadata))
+                             credit.credits_posted - credit.debits_posted - credit.debits_pending, stored.metadata,
+                             self.now))
 
     def _add_pending(self, hold: PendingState) -> None:
         assert hold.id not in self.pendings

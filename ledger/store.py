@@ -7,21 +7,21 @@ One batch is one transaction on the engine's connection:
   3. read the transfers already stored under its ids, and the holds' states (stable now: only a
      writer holding a hold's account locks changes it);
   4. apply in memory (`apply.Batch`);
-  5. one statement: an INSERT of every new transfer from `unnest`, an UPDATE of every changed
+  5. a binary COPY of every new transfer row, then one statement: an UPDATE of every changed
      account from `unnest` (guarded by the counters read under lock), an INSERT and an UPDATE of
      hold states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 import orjson
 
-from .apply import AccountState, Batch, PendingState, Row, Stored
+from .apply import AccountState, Batch, PendingState, Stored
 from .model import INT64_MAX, Code, PendingStatus
 
 _HOLD_ACCOUNTS = """
@@ -43,44 +43,39 @@ SELECT p.pending_id, t.debit_account_id, t.credit_account_id, t.amount, t.code, 
 FROM ledger_pending p JOIN ledger_transfers t ON t.id = p.pending_id
 WHERE p.pending_id = ANY($1::uuid[])"""
 
-# One statement writes the whole batch (one round trip). Its parts touch different rows, and
-# the foreign keys of ledger_pending are checked at the end of the statement, after every part ran.
-# WITH ORDINALITY ... ORDER BY keeps `seq` in application order. The account UPDATE sets absolute
-# values, guarded by the values read under lock: a count short of the changed accounts means
-# someone wrote counters without the lock.
+# The transfer rows go in by binary COPY, in application order (so `seq` follows it): per 512-row
+# batch it took 25-30% less time, client and server together, than an INSERT from 12 `unnest`
+# arrays (asyncpg's array encoder checks every element, and the server unnests and projects).
+_TRANSFER_COLUMNS = ("id", "debit_account_id", "credit_account_id", "amount", "code", "flags", "pending_id",
+                     "timeout_s", "expires_at", "debit_balance_after", "credit_balance_after", "metadata",
+                     "created_at")
+
+# Then one statement writes the rest. Its parts touch different rows, and the foreign keys of
+# ledger_pending (to the transfers copied just before) are checked at the end of the statement.
+# The account UPDATE sets absolute values, guarded by the values read under lock: a count short
+# of the changed accounts means someone wrote counters without the lock.
 _WRITE = """
-WITH transfers AS (
-    INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, code, flags, pending_id,
-                                  timeout_s, expires_at, debit_balance_after, credit_balance_after, metadata,
-                                  created_at)
-    SELECT id, d, c, a, code, f, p, t, e, da, ca, m::jsonb, $13
-    FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::smallint[], $7::uuid[],
-                $8::integer[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::text[])
-         WITH ORDINALITY AS u(id, d, c, a, code, f, p, t, e, da, ca, m, n)
-    ORDER BY n
-    RETURNING 1
-), accounts AS (
+WITH accounts AS (
     UPDATE ledger_accounts AS a
     SET debits_pending = u.dp, debits_posted = u.dpo, credits_pending = u.cp, credits_posted = u.cpo
-    FROM unnest($14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[],
-                $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[])
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
          AS u(id, dp, dpo, cp, cpo, odp, odpo, ocp, ocpo)
     WHERE a.id = u.id AND a.debits_pending = u.odp AND a.debits_posted = u.odpo
       AND a.credits_pending = u.ocp AND a.credits_posted = u.ocpo
     RETURNING 1
 ), new_holds AS (
     INSERT INTO ledger_pending (pending_id, status, expires_at, resolved_by, resolved_at)
-    SELECT id, s, e, r, CASE WHEN s = 'pending' THEN NULL ELSE $13 END
-    FROM unnest($23::uuid[], $24::text[], $25::timestamptz[], $26::uuid[]) AS u(id, s, e, r)
+    SELECT id, s, e, r, CASE WHEN s = 'pending' THEN NULL ELSE $10::timestamptz END
+    FROM unnest($11::uuid[], $12::text[], $13::timestamptz[], $14::uuid[]) AS u(id, s, e, r)
     RETURNING 1
 ), resolved_holds AS (
-    UPDATE ledger_pending AS p SET status = u.s, resolved_by = u.r, resolved_at = $13
-    FROM unnest($27::uuid[], $28::text[], $29::uuid[]) AS u(id, s, r)
+    UPDATE ledger_pending AS p SET status = u.s, resolved_by = u.r, resolved_at = $10
+    FROM unnest($15::uuid[], $16::text[], $17::uuid[]) AS u(id, s, r)
     WHERE p.pending_id = u.id AND p.status = 'pending'
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM transfers), (SELECT count(*) FROM accounts), (SELECT count(*) FROM new_holds),
-       (SELECT count(*) FROM resolved_holds)"""
+SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM new_holds), (SELECT count(*) FROM resolved_holds)"""
 
 
 def canonical_json(text: str | None) -> str | None:
@@ -136,16 +131,17 @@ async def write(conn: asyncpg.Connection, batch: Batch) -> None:
     locked = batch.accounts.keys()
     assert all(r.debit_account_id in locked and r.credit_account_id in locked for r in rows), \
         "a transfer row names an account this batch did not lock"
-    transfer_columns: list[Sequence[object]] = list(zip(*rows, strict=True)) if rows else [()] * len(Row._fields)
+    if rows:
+        status = await conn.copy_records_to_table("ledger_transfers", records=rows, columns=_TRANSFER_COLUMNS)
+        assert status == f"COPY {len(rows)}", f"copied {status!r} for {len(rows)} transfers"
     counts = await conn.fetchrow(
-        _WRITE, *transfer_columns, batch.now, *_account_columns(changed),
+        _WRITE, *_account_columns(changed), batch.now,
         [p.id for p in new], [p.status.value for p in new], [p.expires_at for p in new], [p.resolved_by for p in new],
         [p.id for p in resolved], [p.status.value for p in resolved], [p.resolved_by for p in resolved])
     assert counts is not None
-    assert counts[0] == len(rows), f"inserted {counts[0]} of {len(rows)} transfers"
-    assert counts[1] == len(changed), f"account counters changed under the lock: {counts[1]} of {len(changed)}"
-    assert counts[2] == len(new), f"inserted {counts[2]} of {len(new)} holds"
-    assert counts[3] == len(resolved), f"hold resolved under the lock by another writer: {counts[3]} of {len(resolved)}"
+    assert counts[0] == len(changed), f"account counters changed under the lock: {counts[0]} of {len(changed)}"
+    assert counts[1] == len(new), f"inserted {counts[1]} of {len(new)} holds"
+    assert counts[2] == len(resolved), f"hold resolved under the lock by another writer: {counts[2]} of {len(resolved)}"
 
 
 def _account_columns(changed: Iterable[AccountState]) -> list[list[int]]:
