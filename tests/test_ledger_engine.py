@@ -154,6 +154,34 @@ async def test_one_id_with_different_accounts_in_two_engines_at_once(dsn: str, d
     assert await db.fetchval("SELECT count(*) FROM ledger_transfers WHERE code = 'tip'") == 20
 
 
+async def test_an_id_committed_while_the_batch_waits_for_its_lock_answers_exists(
+        dsn: str, engine: Engine, db: asyncpg.Connection) -> None:
+    """The stored-id read takes its snapshot after the lock is granted, so the id another process
+    committed meanwhile answers `exists`. Read in the locking statement (one snapshot, taken before
+    the wait), it would be checked afresh and answer insufficient_funds (tried: it does)."""
+    payer, payee = await wallets(db, 2)
+    await fund(engine, payer, 100)
+    same = uuid.uuid4()
+    other = await asyncpg.connect(dsn)  # another process's writer, by hand
+    try:
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM ledger_accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+                                sorted([payer, payee]))
+            await other.execute(
+                "INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, code, flags, "
+                "timeout_s, debit_balance_after, credit_balance_after, created_at) "
+                "VALUES ($1, $2, $3, 100, 'tip', 0, 0, 0, 100, now())", same, payer, payee)
+            await other.execute("UPDATE ledger_accounts SET debits_posted = debits_posted + 100 WHERE id = $1", payer)
+            await other.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 100 WHERE id = $1", payee)
+            pending = asyncio.ensure_future(results(engine, Transfer(same, payer, payee, 100, Code.TIP)))
+            await wait_for_lock_wait(db)
+        assert await pending == [Result.EXISTS]
+    finally:
+        await other.close()
+    assert await counters(db, payee) == (0, 0, 0, 100)
+    assert await db.fetchval("SELECT count(*) FROM ledger_transfers WHERE id = $1", same) == 1
+
+
 async def test_200_concurrent_tippers_on_one_performer_each_accounted_once(engine: Engine,
                                                                            db: asyncpg.Connection) -> None:
     tippers = await wallets(db, 200)
