@@ -110,22 +110,12 @@ class Expiry:
     pending_id: UUID
 
 
-class Row(NamedTuple):
-    """One transfer row to insert, in application order."""
-
-    id: UUID
-    debit_account_id: int
-    credit_account_id: int
-    amount: int
-    code: str
-    flags: int
-    pending_id: UUID | None
-    timeout_s: int
-    expires_at: datetime | None
-    debit_balance_after: int
-    credit_balance_after: int
-    metadata: str | None
-    created_at: datetime  # the batch's time
+# One transfer row to insert, in application order: id, debit_account_id, credit_account_id,
+# amount, code, flags, pending_id, timeout_s, expires_at, debit_balance_after,
+# credit_balance_after, metadata, created_at (the batch's time). A plain tuple, not a NamedTuple:
+# asyncpg's COPY encodes exact tuples on a fast path (512 rows: 1.0-1.2 ms against 1.5-3.2 ms).
+Row = tuple[UUID, int, int, int, str, int, UUID | None, int, datetime | None, int, int, str | None, datetime]
+ROW_DEBIT, ROW_CREDIT = 1, 2  # positions of the two account ids in a Row
 
 
 class _Undo:
@@ -422,11 +412,11 @@ class Batch:
         if self._undo is not None:
             self._undo.new_ids.append(stored.id)
         # `available` spelled out: this runs per transfer, and a property call costs as much again.
-        self.rows.append(Row(stored.id, debit.id, credit.id, stored.amount, stored.code, stored.flags,
-                             stored.pending_id, stored.timeout_s, expires_at,
-                             debit.credits_posted - debit.debits_posted - debit.debits_pending,
-                             credit.credits_posted - credit.debits_posted - credit.debits_pending, stored.metadata,
-                             self.now))
+        self.rows.append((stored.id, debit.id, credit.id, stored.amount, stored.code, stored.flags,
+                          stored.pending_id, stored.timeout_s, expires_at,
+                          debit.credits_posted - debit.debits_posted - debit.debits_pending,
+                          credit.credits_posted - credit.debits_posted - credit.debits_pending, stored.metadata,
+                          self.now))
 
     def _add_pending(self, hold: PendingState) -> None:
         assert hold.id not in self.pendings

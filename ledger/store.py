@@ -21,7 +21,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from .apply import AccountState, Batch, PendingState, Stored
+from .apply import ROW_CREDIT, ROW_DEBIT, AccountState, Batch, PendingState, Stored
 from .model import INT64_MAX, Code, PendingStatus
 
 _HOLD_ACCOUNTS = """
@@ -129,7 +129,7 @@ async def write(conn: asyncpg.Connection, batch: Batch) -> None:
     if not (rows or changed or new or resolved):
         return  # every event was refused or a replay
     locked = batch.accounts.keys()
-    assert all(r.debit_account_id in locked and r.credit_account_id in locked for r in rows), \
+    assert all(r[ROW_DEBIT] in locked and r[ROW_CREDIT] in locked for r in rows), \
         "a transfer row names an account this batch did not lock"
     if rows:
         status = await conn.copy_records_to_table("ledger_transfers", records=rows, columns=_TRANSFER_COLUMNS)
