@@ -354,6 +354,12 @@ def best(results: list[StepResult], target: str, n: int, sustained: bool = False
     return top
 
 
+def highest(results: list[StepResult], target: str, n: int) -> StepResult | None:
+    """The highest rate that passed in any try, even above a rate that failed (noise on a shared machine)."""
+    good = [r for r in results if r.target == target and r.n == n and r.passed]
+    return max(good, key=lambda r: r.deliveries_per_s, default=None)
+
+
 def us_per_delivery(results: list[StepResult], target: str, n: int) -> float | None:
     """Median server CPU per delivery over the steps that kept up (fixed costs weigh less at high rates)."""
     values = sorted(r.server_us_per_delivery for r in results
@@ -366,13 +372,16 @@ def summary(results: list[StepResult], sizes: tuple[int, ...], targets: list[str
     def ratio(a: float | None, b: float | None, fmt: str) -> str:
         return format(a / b, fmt) if a and b else "-"
 
-    lines = ["| N | target | deliveries/s with p99 < 100 ms (p99 ms) | sustained deliveries/s, p99 < 1 s (p99 ms) "
-             "| server us/delivery |", "|---|---|---|---|---|"]
+    def cell(r: StepResult | None) -> str:
+        return f"{r.deliveries_per_s:,} ({r.p99_ms})" if r else "none"
+
+    lines = ["| N | target | deliveries/s with p99 < 100 ms, all lower rates too (p99 ms) | highest step with p99 "
+             "< 100 ms | sustained deliveries/s, p99 < 1 s | server us/delivery |", "|---|---|---|---|---|---|"]
     for n in sizes:
         for t in targets:
-            b, s, us = best(results, t, n), best(results, t, n, sustained=True), us_per_delivery(results, t, n)
-            lines.append(f"| {n:,} | {t} | {f'{b.deliveries_per_s:,} ({b.p99_ms})' if b else 'none'} | "
-                         f"{f'{s.deliveries_per_s:,} ({s.p99_ms})' if s else 'none'} | {us if us else '-'} |")
+            us = us_per_delivery(results, t, n)
+            lines.append(f"| {n:,} | {t} | {cell(best(results, t, n))} | {cell(highest(results, t, n))} | "
+                         f"{cell(best(results, t, n, sustained=True))} | {us if us else '-'} |")
     lines += ["", "| N | greenroom/raw, p99 < 100 ms | greenroom/raw, sustained | raw/greenroom server us "
               "| greenroom/socketio, p99 < 100 ms | greenroom/socketio, sustained |", "|---|---|---|---|---|---|"]
     for n in sizes:
