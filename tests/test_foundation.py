@@ -74,3 +74,13 @@ async def test_concurrent_migrations_apply_once(postgres, dsn: str) -> None:  # 
         admin = await asyncpg.connect(postgres.admin_uri)
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_startup_heap_is_frozen(aiohttp_client, make_app, settings) -> None:  # type: ignore[no-untyped-def]
+    import gc
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    await aiohttp_client(make_app(settings))
+    # The started app's long-lived objects sit in the permanent generation, out of full collections.
+    assert gc.get_freeze_count() > 0
