@@ -63,6 +63,7 @@ import orjson
 log = logging.getLogger("greenroom.client")
 
 REJOINED = "client.rejoined"
+ROOM_RESET = "room.reset"  # server: events of this room were lost beyond history
 REJOIN_FAILED = "client.rejoin_failed"
 
 # Close codes (signaling.protocol.Close) after which the same credentials cannot help.
@@ -411,6 +412,11 @@ class GreenroomClient:
 
     async def _on_live(self, event: Event) -> None:
         state = self._rooms.get(event.room)
+        if event.type == ROOM_RESET and state is not None and not state.joining:
+            # The server lost events history cannot give back: rejoin with `since`, whose answer
+            # (`recovered: false`) reaches the caller as a REJOINED notice to refetch state.
+            self._resync(state, event)
+            return
         if state is None or event.offset == 0:
             await self._deliver(event)  # volatile, or a room we did not join through this client
             return

@@ -236,6 +236,11 @@ async def test_socket_module_orders_dedupes_fills_gaps_and_reports_epochs() -> N
             assert rejoins[1] == [True, "e1", 8]  # the reconnect
             assert rejoins[2] == [False, "e2", 10]
             assert await page.evaluate("window.sock.position('stream:1')") == {"epoch": "e2", "offset": 1}
+            # The server announces lost events with a volatile room.reset: the module rejoins with since.
+            scripted.rooms["stream:1"] = Room(epoch="e3")
+            await scripted.volatile("stream:1", "room.reset", {"epoch": "e3", "offset": 0})
+            await eventually(lambda: page.evaluate("window.rejoins.length >= 4"))
+            assert (await page.evaluate("window.rejoins"))[3] == [False, "e3", 1]
             # A refused token without a provider ends the socket instead of retrying it forever.
             scripted.refuse_tokens = True
             await scripted.drop_all(code=4001)

@@ -345,3 +345,18 @@ async def test_live_events_held_during_a_join_continue_from_its_reply_or_resync(
     assert [e.offset for e in state.held] == [8]  # kept for after the resync's reply
     assert client.stats.gaps == 1 and client.stats.duplicates_dropped == 1
     assert state.offset == 5
+
+
+async def test_room_reset_rejoins_and_reports_not_recovered(server: tuple[ScriptedServer, str]) -> None:
+    scripted, url = server
+    async with GreenroomClient(url, token="good", reconnect=FAST) as client:
+        await client.join("stream:1")
+        await scripted.publish("stream:1", "chat.message", {"i": 1})
+        await collect(client, 1)
+        # The server lost what it would deliver next (a new epoch) and says so with a volatile reset.
+        scripted.rooms["stream:1"] = Room(epoch="e2")
+        await scripted.volatile("stream:1", "room.reset", {"epoch": "e2", "offset": 0})
+        got = await collect(client, 1)
+        assert got[0].type == REJOINED and got[0].data["recovered"] is False
+        assert scripted.joins[-1]["since"] == {"epoch": "e1", "offset": 1}
+        assert client.position("stream:1") == ("e2", 0)

@@ -358,6 +358,11 @@ export class GreenroomSocket {
 
   _onLive(event) {
     const room = this._rooms.get(event.room);
+    if (event.type === "room.reset" && room && !room.joining) {
+      // The server lost events history cannot give back: rejoin with `since`; its answer
+      // (recovered: false) reaches listeners as "rejoined", so they refetch state.
+      return this._resync(event.room, room, event);
+    }
     if (!room || event.offset === 0) return this._deliver(event);
     if (room.joining) {
       if (room.held.length < this.maxHeldEvents) room.held.push(event);
