@@ -123,8 +123,13 @@ async def fresh_database(admin_dsn: str | None) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def run_server(target: str, *, cpus: set[int] | None, admin_dsn: str | None = None,
-                     redis_url: str = "", ready_timeout_s: float = 120.0) -> AsyncIterator[Server]:
-    """Start the target in a subprocess, wait until it answers, set up its room, stop it afterwards."""
+                     redis_url: str = "", backlog: int | None = None,
+                     ready_timeout_s: float = 120.0) -> AsyncIterator[Server]:
+    """Start the target in a subprocess, wait until it answers, set up its room, stop it afterwards.
+
+    Greenroom runs as `greenroom serve`, or with `backlog` as `greenroom_server.py` (the same app
+    with a larger listen backlog; needs `admin_dsn`).
+    """
     port = free_port()
     async with contextlib.AsyncExitStack() as stack:
         env = dict(os.environ)
@@ -137,6 +142,10 @@ async def run_server(target: str, *, cpus: set[int] | None, admin_dsn: str | Non
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gr-fanout-"))
             env = greenroom_env(port, dsn, data_dir, redis_url)
             cmd = [sys.executable, "-m", "server.cli", "serve"]
+            if backlog is not None:
+                if not dsn:
+                    raise ValueError("a chosen backlog needs --database-url (the launcher embeds no PostgreSQL)")
+                cmd = [sys.executable, "-m", "benchmarks.fanout.greenroom_server", "--backlog", str(backlog)]
         else:
             raise ValueError(f"unknown target {target!r}")
         log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gr-fanout-log-"))
