@@ -56,7 +56,8 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
     for sig in stop_on:
         loop.add_signal_handler(sig, stop.set)  # a repeated signal changes nothing
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port,
+                           backlog=settings.listen_backlog)
         await site.start()
         log.info("worker ready", extra={"pid": os.getpid(), "port": settings.port})
         await stop.wait()

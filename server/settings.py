@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir,
                            description="Embedded PostgreSQL data, signing keys, recordings.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port (SO_REUSEPORT).")
+    listen_backlog: int = Field(4096, ge=16, le=65535,
+                                description="Connections queued before accept (capped by net.core.somaxconn); "
+                                            "a reconnect storm of thousands overflows a small one.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300,
                                       description="Bound on draining requests and ledger batches.")

@@ -191,3 +191,23 @@ async def test_shutdown_closes_sockets_going_away_while_pools_are_open(
     assert await asyncio.wait_for(task, timeout=stop_bound_s(settings)) == 0
     assert seen_in_shutdown == [1]
     assert app[appkeys.DB].is_closing()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/ss").exists(), reason="iproute2's ss is not installed")
+def test_listen_backlog_comes_from_settings(tmp_path: Path, dsn: str) -> None:
+    import subprocess
+
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    want = min(1000, somaxconn)
+    srv = ServerProcess({"DATABASE_URL": dsn, "GREENROOM_DATA_DIR": str(tmp_path / "data"),
+                         "GREENROOM_LISTEN_BACKLOG": str(want)}, drop=("REDIS_URL",),
+                        log_path=tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        # For a listening socket, ss reports the accept backlog in the Send-Q column.
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{srv.port}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out[0] == "LISTEN" and int(out[2]) == want, out
+    finally:
+        srv.signal(signal.SIGTERM)
+        assert srv.wait_exit(30) == 0

@@ -176,7 +176,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
             await stop_workers(workers)
     back = [r for r in rejoins if r is not None]
     result = {"clients": ready, "rejoined": len(back), "rate_msgs": args.rate, "jitter_ms": args.jitter_ms,
-              "backlog": args.backlog or 128,
+              "backlog": args.backlog or 4096,
               "rejoin_p50_s": round(percentile(back, 0.5), 2) if back else None,
               "rejoin_p99_s": round(percentile(back, 0.99), 2) if back else None,
               "all_rejoined_s": round(max(back), 2) if back else None,
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="spread reconnects over this window")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--backlog", type=int, help=(
-        "run Greenroom's app with this listen backlog (greenroom_server.py) instead of `greenroom serve` (128)"))
+        "Greenroom's listen backlog (GREENROOM_LISTEN_BACKLOG; default 4096)"))
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--quick", action="store_true", help="1,000 clients")
     ns = parser.parse_args()

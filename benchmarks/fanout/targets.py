@@ -127,8 +127,7 @@ async def run_server(target: str, *, cpus: set[int] | None, admin_dsn: str | Non
                      ready_timeout_s: float = 120.0) -> AsyncIterator[Server]:
     """Start the target in a subprocess, wait until it answers, set up its room, stop it afterwards.
 
-    Greenroom runs as `greenroom serve`, or with `backlog` as `greenroom_server.py` (the same app
-    with a larger listen backlog; needs `admin_dsn`).
+    Greenroom runs as `greenroom serve` (with `backlog`: `GREENROOM_LISTEN_BACKLOG`).
     """
     port = free_port()
     async with contextlib.AsyncExitStack() as stack:
@@ -143,9 +142,7 @@ async def run_server(target: str, *, cpus: set[int] | None, admin_dsn: str | Non
             env = greenroom_env(port, dsn, data_dir, redis_url)
             cmd = [sys.executable, "-m", "server.cli", "serve"]
             if backlog is not None:
-                if not dsn:
-                    raise ValueError("a chosen backlog needs --database-url (the launcher embeds no PostgreSQL)")
-                cmd = [sys.executable, "-m", "benchmarks.fanout.greenroom_server", "--backlog", str(backlog)]
+                env["GREENROOM_LISTEN_BACKLOG"] = str(backlog)
         else:
             raise ValueError(f"unknown target {target!r}")
         log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gr-fanout-log-"))
