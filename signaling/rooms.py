@@ -199,6 +199,22 @@ async def authorize_join(app: web.Application, identity: Identity | None, room: 
 
 # --- moderation -------------------------------------------------------------------------------
 
+async def _require_staff(db: Db, room: str, actor: Identity, doing: str) -> None:
+    me, _ = await standing(db, room, actor.user_id)
+    if me.rank < RANK["moderator"]:
+        raise forbidden(f"only the performer or a moderator of this room may {doing}")
+
+
+async def _lift(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID,
+                table: Literal["room_bans", "room_mutes"], what: str) -> None:
+    """Remove a ban or a mute (staff only); NOT_FOUND when there was none."""
+    db = app[appkeys.DB]
+    await _require_staff(db, room, actor, "do this")
+    removed = await db.fetchval(f"DELETE FROM {table} WHERE room = $1 AND user_id = $2 RETURNING true",
+                                room, target_id)
+    if not removed:
+        raise not_found(what)
+
 async def _actor_and_target(db: Db, room: str, actor: Identity, target_id: uuid.UUID,
                             *, min_rank: int = RANK["moderator"]) -> tuple[Standing, Standing]:
     """Check that `actor` may act on `target_id` in `room`; return both standings."""
@@ -289,23 +305,14 @@ async def ban(app: web.Application, actor: Identity, room: str, target_id: uuid.
 
 
 async def unban(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
-    db = app[appkeys.DB]
-    me, _ = await standing(db, room, actor.user_id)
-    if me.rank < RANK["moderator"]:
-        raise forbidden("only the performer or a moderator of this room may do this")
-    removed = await db.fetchval("DELETE FROM room_bans WHERE room = $1 AND user_id = $2 RETURNING true",
-                                room, target_id)
-    if not removed:
-        raise not_found("ban")
+    await _lift(app, actor, room, target_id, "room_bans", "ban")
     return {"user_id": str(target_id), "unbanned": True}
 
 
 async def list_bans(app: web.Application, actor: Identity, room: str, page: int,
                     per_page: int) -> tuple[list[dict[str, Any]], int]:
     db = app[appkeys.DB]
-    me, _ = await standing(db, room, actor.user_id)
-    if me.rank < RANK["moderator"]:
-        raise forbidden("only the performer or a moderator of this room may see its bans")
+    await _require_staff(db, room, actor, "see its bans")
     rows = await db.fetch(
         """SELECT b.user_id, u.display_name, b.until, b.reason, b.banned_by, b.created_at,
                   count(*) OVER () AS total
@@ -343,14 +350,7 @@ async def mute(app: web.Application, actor: Identity, room: str, target_id: uuid
 
 
 async def unmute(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
-    db = app[appkeys.DB]
-    me, _ = await standing(db, room, actor.user_id)
-    if me.rank < RANK["moderator"]:
-        raise forbidden("only the performer or a moderator of this room may do this")
-    removed = await db.fetchval("DELETE FROM room_mutes WHERE room = $1 AND user_id = $2 RETURNING true",
-                                room, target_id)
-    if not removed:
-        raise not_found("mute")
+    await _lift(app, actor, room, target_id, "room_mutes", "mute")
     data = {"user_id": str(target_id), "until": None}
     await _publish(app, room, "member.muted", data)
     return data
@@ -369,9 +369,7 @@ async def set_slow_mode(app: web.Application, actor: Identity, room: str, second
     if not 0 <= seconds <= settings.room_slow_mode_max_s:
         raise ApiError("VALIDATION_ERROR", f"seconds must be 0-{settings.room_slow_mode_max_s} (0 turns it off)")
     db = app[appkeys.DB]
-    me, _ = await standing(db, room, actor.user_id)
-    if me.rank < RANK["moderator"]:
-        raise forbidden("only the performer or a moderator of this room may set slow mode")
+    await _require_staff(db, room, actor, "set slow mode")
     await db.execute(
         """INSERT INTO room_settings (room, slow_mode_s) VALUES ($1, $2)
            ON CONFLICT (room) DO UPDATE SET slow_mode_s = EXCLUDED.slow_mode_s""", room, seconds)
