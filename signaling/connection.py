@@ -73,6 +73,7 @@ class Connection:
                  outbox: Outbox) -> None:
         self.conn_id = uuid.uuid4().hex
         self.ws = ws
+        self.remote = ""  # client IP, set by the endpoint; guests are counted per address
         self.identity: Identity | None = None
         self.authenticated = False  # True once signed in or admitted as a guest
         self.rooms: dict[str, Membership] = {}

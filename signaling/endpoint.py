@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from server import appkeys
 from server.errors import ApiError
-from server.routing import validation_details
+from server.routing import client_ip, validation_details
 
 from .backend import create_broker, create_presence, new_node_id
 from .connection import Connection
@@ -98,6 +98,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         return ws
     hub = app[appkeys.HUB]
     conn = Connection(ws, transport, settings, hub.outbox)
+    conn.remote = client_ip(request)
     hub.attach(conn)
     try:
         if _auth_from_query(request, conn):
@@ -125,6 +126,9 @@ def _auth_from_query(request: web.Request, conn: Connection) -> bool:
             return False
         conn.sign_in(identity)
     elif request.query.get("guest") in ("1", "true"):
+        if not request.app[appkeys.HUB].admit_guest(conn):
+            conn.close_soon(Close.TOO_MANY_CONNECTIONS)
+            return False
         conn.admit_guest()
     return True
 

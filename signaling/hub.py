@@ -87,6 +87,7 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[uuid.UUID, set[Connection]] = {}
+        self.guests_by_ip: dict[str, set[Connection]] = {}
         self._serials: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -133,12 +134,27 @@ class Hub:
         conns.add(conn)
         return True
 
+    def admit_guest(self, conn: Connection) -> bool:
+        """Count a guest `conn` against its address's per-node limit; False when over it."""
+        conns = self.guests_by_ip.setdefault(conn.remote, set())
+        if conn not in conns and len(conns) >= self.settings.ws_max_guests_per_ip:
+            if not conns:
+                del self.guests_by_ip[conn.remote]
+            return False
+        conns.add(conn)
+        return True
+
     async def detach(self, conn: Connection) -> None:
         """The socket is gone: leave every room, forget the connection."""
         if self.connections.pop(conn.conn_id, None) is None:
             return
         if self.metrics is not None:
             self.metrics.ws_closed()
+        guests = self.guests_by_ip.get(conn.remote)
+        if guests is not None:
+            guests.discard(conn)
+            if not guests:
+                del self.guests_by_ip[conn.remote]
         uid = conn.user_id
         if uid is not None:
             conns = self.by_user.get(uid)

@@ -55,6 +55,11 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     if data.token is None:
         if conn.identity is not None:
             raise ApiError("BAD_REQUEST", "a signed-in session cannot become a guest; open a new socket")
+        if not ctx.app[appkeys.HUB].admit_guest(conn):
+            limit = ctx.app[appkeys.SETTINGS].ws_max_guests_per_ip
+            ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
+            raise ApiError("TOO_MANY_CONNECTIONS", f"at most {limit} guest sockets per address",
+                           details={"limit": limit})
         conn.admit_guest()
         return session_info(conn)
     try:

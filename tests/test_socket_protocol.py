@@ -144,6 +144,24 @@ async def test_room_and_connection_limits(socket_client: MakeClient) -> None:
     await connect(client, token=user.token)  # a slot is free again
 
 
+async def test_guest_sockets_are_limited_per_address(socket_client: MakeClient) -> None:
+    client = await socket_client(ws_max_guests_per_ip=2)
+    first = await connect(client, guest=True, auth_op=False)
+    await connect(client, guest=True)
+    third = await connect(client, guest=True, auth_op=False)
+    assert await third.closed() == Close.TOO_MANY_CONNECTIONS
+    fourth = await connect(client)
+    frame = await fourth.request("auth")
+    assert frame["error"]["code"] == "TOO_MANY_CONNECTIONS" and frame["error"]["details"] == {"limit": 2}
+    assert await fourth.closed() == Close.TOO_MANY_CONNECTIONS
+    # Signed-in users are not guests: the guest limit does not apply to them.
+    user = await make_user(client.app)
+    await connect(client, token=user.token)
+    await first.close()
+    await eventually(lambda: len(hub_of(client).guests_by_ip.get("127.0.0.1", ())) == 1)
+    await connect(client, guest=True)  # a slot is free again
+
+
 async def test_auth_timeout_closes_4001(socket_client: MakeClient) -> None:
     client = await socket_client(ws_auth_timeout_s=0.3)
     sock = await connect(client)
