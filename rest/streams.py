@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from server.errors import not_found
 from server.routing import Call, Router, Schema, ok, page_meta
@@ -23,9 +23,7 @@ PAGE_MAX = 10_000  # deep OFFSETs are slow; past this, narrow the filter instead
 AccessIn = Literal["public", "ticket", "pass", "private"]
 
 
-def _title(v: str | None) -> str | None:
-    if v is None:
-        raise ValueError("title cannot be null")
+def _title(v: str) -> str:
     v = v.strip()
     if not v:
         raise ValueError("title cannot be blank")
@@ -46,59 +44,34 @@ def _check_tags(v: list[str]) -> list[str]:
     return v
 
 
+Title = Annotated[str, Field(max_length=TITLE_MAX), AfterValidator(_title)]
+Category = Annotated[str, Field(max_length=CATEGORY_MAX), AfterValidator(_category)]
+Tags = Annotated[list[str], Field(max_length=TAGS_MAX), AfterValidator(_check_tags)]
+
+
 class StreamCreate(Schema):
-    title: str = Field(max_length=TITLE_MAX)
+    title: Title
     description: str = Field("", max_length=DESCRIPTION_MAX)
-    category: str | None = Field(None, max_length=CATEGORY_MAX)
-    tags: list[str] = Field(default_factory=list, max_length=TAGS_MAX)
+    category: Category | None = None
+    tags: Tags = Field(default_factory=list)
     access: AccessIn = "public"
-
-    @field_validator("title")
-    @classmethod
-    def _check_title(cls, v: str | None) -> str | None:
-        return _title(v)
-
-    @field_validator("category")
-    @classmethod
-    def _check_category(cls, v: str | None) -> str | None:
-        return _category(v)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: list[str]) -> list[str]:
-        return _check_tags(v)
 
 
 class StreamPatch(Schema):
     """Fields to change; absent fields stay, `null` clears `category`."""
 
-    title: str | None = Field(None, max_length=TITLE_MAX)
+    title: Title | None = None
     description: str | None = Field(None, max_length=DESCRIPTION_MAX)
-    category: str | None = Field(None, max_length=CATEGORY_MAX)
-    tags: list[str] | None = Field(None, max_length=TAGS_MAX)
+    category: Category | None = None
+    tags: Tags | None = None
     access: AccessIn | None = None
 
-    @field_validator("title")
-    @classmethod
-    def _check_title(cls, v: str | None) -> str | None:
-        return _title(v)
-
-    @field_validator("category")
-    @classmethod
-    def _check_category(cls, v: str | None) -> str | None:
-        return _category(v)
-
-    @field_validator("description", "tags", "access")
+    @field_validator("title", "description", "tags", "access")
     @classmethod
     def _not_null(cls, v: Any) -> Any:
         if v is None:
             raise ValueError("cannot be null")
         return v
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: list[str] | None) -> list[str] | None:
-        return _check_tags(v) if v is not None else None
 
     def changes(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
