@@ -10,6 +10,16 @@ only adds latency (measured: 1 submitter 4.5 ms p50 with a 2 ms wait, 1.7 ms wit
 Why one writer: every batch locks its accounts until COMMIT, so two writers touching the same
 hot account would queue on its row lock; one writer per process keeps that wait to the other
 processes' batches only.
+
+The fast path: the writer remembers the counters its last commits left (a bounded cache). A batch
+that names no hold and only cached accounts is applied in memory against them, assuming every id
+is new; if every transfer comes out `ok`, it is written without reading anything first, every
+account guarded by those counters (`store.write(optimistic=True)`). A refusal (which may be a replay
+or decided on stale counters), another process having moved one of the accounts, or an id being
+stored already (the COPY fails on the primary key, rolling the attempt back) sends the batch
+down the locked path; after a stale miss the fast path rests for a few batches
+(doubling while misses repeat), so processes sharing a hot account do not pay twice each batch.
+Measured on the hot benchmark: the locked path's reads were 4.4 ms of a 27 ms batch.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import asyncpg
 import orjson
 
 from . import store
-from .apply import Batch
+from .apply import AccountState, Batch
 from .errors import LedgerClosed, LedgerOverloaded, LedgerUnavailable
 from .model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer, TransferFlags
 
@@ -43,6 +53,7 @@ _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, async
 
 
 _FLAGS_ALL = int(TRANSFER_FLAGS_ALL)
+_FAST_BACKOFF_MAX = 64  # batches the fast path rests after repeated stale misses
 # A JSON escape \u0000 (not an escaped backslash followed by the text u0000).
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -70,6 +81,8 @@ class EngineStats:
     events: int = 0  # transfers and expiries checked (whatever their result)
     retried_batches: int = 0
     failed_batches: int = 0
+    fast_batches: int = 0  # committed on the fast path (cached counters, no reads)
+    fast_misses: int = 0  # fast attempts rolled back: stale counters or an id stored already
 
 
 class Engine:
@@ -77,11 +90,12 @@ class Engine:
 
     def __init__(self, dsn: str, *, batch_max: int = 1000, batch_wait_ms: float = 0.0, queue_max: int = 100_000,
                  batch_attempts: int = 3, metadata_max_bytes: int = 2048, statement_timeout_ms: int = 15_000,
-                 close_timeout_s: float = 10.0, clock: Clock = utc_now) -> None:
+                 close_timeout_s: float = 10.0, cache_max: int = 100_000, clock: Clock = utc_now) -> None:
         assert 1 <= batch_max <= queue_max
         assert batch_wait_ms >= 0
         assert batch_attempts >= 1
         assert statement_timeout_ms >= 1
+        assert cache_max >= 0
         self.clock = clock
         self.stats = EngineStats()
         self._dsn = dsn
@@ -99,6 +113,12 @@ class Engine:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._broken: BaseException | None = None
+        # account id -> (flags, counters) as this writer's last commit touching it left them; only
+        # ever a guess, checked by the guarded write. 0 entries allowed turns the fast path off.
+        self._cache: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
+        self._cache_max = cache_max
+        self._fast_rest = 0  # batches left before the fast path is tried again
+        self._fast_backoff = 1
 
     @property
     def batch_max(self) -> int:
@@ -310,12 +330,72 @@ class Engine:
                 if t.pending_id is not None:
                     pending_ids.append(t.pending_id)
             pending_ids.extend(submission.expiries)
+        now = self.clock()
+        if not pending_ids:
+            if self._fast_rest > 0:
+                self._fast_rest -= 1
+            else:
+                cached = self._cached(account_ids)
+                if cached is not None:
+                    results = await self._apply_fast(conn, batch, cached, now)
+                    if results is not None:
+                        return results
         async with conn.transaction():
-            state: Batch = await store.load(conn, transfer_ids, pending_ids, account_ids, self.clock())
+            state: Batch = await store.load(conn, transfer_ids, pending_ids, account_ids, now)
             results = [state.submit(s.transfers, s.metadata) if s.transfers else state.expire(s.expiries)
                        for s in batch]
             await store.write(conn, state)
+        self._remember(state)
         return results
+
+    async def _apply_fast(self, conn: asyncpg.Connection, batch: list[_Submission], accounts: dict[int, AccountState],
+                          now: datetime) -> list[list[Result]] | None:
+        """The batch against cached counters; None when the locked path must run it (see the module doc)."""
+        state = Batch(accounts, {}, {}, now)
+        results = [state.submit(s.transfers, s.metadata) for s in batch]
+        if any(r is not Result.OK for submission in results for r in submission):
+            # A refusal may be a replay (this path assumes every id is new) or decided on stale
+            # counters; the locked path decides it on what is stored.
+            return None
+        try:
+            async with conn.transaction():
+                await store.write(conn, state, optimistic=True)
+        except store.StaleAccounts:
+            self.stats.fast_misses += 1
+            for account_id in accounts:
+                self._cache.pop(account_id, None)
+            self._fast_rest = self._fast_backoff
+            self._fast_backoff = min(2 * self._fast_backoff, _FAST_BACKOFF_MAX)
+            return None
+        except asyncpg.UniqueViolationError:
+            # An id stored before: the locked path reads it and answers `exists`.
+            self.stats.fast_misses += 1
+            return None
+        self.stats.fast_batches += 1
+        self._fast_backoff = 1
+        self._remember(state)
+        return results
+
+    def _cached(self, account_ids: set[int]) -> dict[int, AccountState] | None:
+        """Fresh states of these accounts from the cache, in ascending id order; None if one is not cached."""
+        cache = self._cache
+        accounts: dict[int, AccountState] = {}
+        for account_id in sorted(account_ids):
+            entry = cache.get(account_id)
+            if entry is None:
+                return None
+            flags, (dp, dpo, cp, cpo) = entry
+            accounts[account_id] = AccountState(account_id, flags, dp, dpo, cp, cpo)
+        return accounts
+
+    def _remember(self, state: Batch) -> None:
+        """Cache the counters a committed batch left (every account it read is current now)."""
+        if self._cache_max == 0:
+            return
+        if len(self._cache) + len(state.accounts) > self._cache_max:
+            self._cache.clear()  # crude but bounded: the next batches read under lock and refill it
+        for account in state.accounts.values():
+            self._cache[account.id] = (account.flags, account.counters())
 
     async def _connect(self) -> asyncpg.Connection:
         # Its own connection, never the request pool: the writer must not wait behind requests.

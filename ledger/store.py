@@ -10,6 +10,14 @@ One batch is one transaction on the engine's connection:
   5. a binary COPY of every new transfer row, then one statement: an UPDATE of every changed
      account from `unnest` (guarded by the counters read under lock), an INSERT and an UPDATE of
      hold states.
+
+The engine's fast path skips steps 1-3 for batches that name no hold: it applies against the
+counters its own last commit left (its cache) and assumes every id is new. `write(optimistic=True)`
+then guards every account of the batch, changed or not, by those counters: the UPDATE takes the row
+locks (in ascending id order: the arrays are sorted and the plan walks them in order) and a count
+short of the accounts means another process moved one since (`StaleAccounts`); an id stored before
+fails the COPY on the primary key. Either way the transaction rolls back and the engine runs the
+batch again through steps 1-5.
 """
 
 from __future__ import annotations
@@ -119,14 +127,23 @@ async def load(conn: asyncpg.Connection, transfer_ids: list[UUID], pending_ids: 
     return Batch(accounts, pendings, stored, now)
 
 
-async def write(conn: asyncpg.Connection, batch: Batch) -> None:
-    """Write what `batch` computed; call inside the same transaction as `load`."""
+class StaleAccounts(Exception):
+    """An optimistic write found counters other than the batch assumed: nothing was written."""
+
+
+async def write(conn: asyncpg.Connection, batch: Batch, *, optimistic: bool = False) -> None:
+    """Write what `batch` computed; call inside the same transaction as `load`.
+
+    `optimistic`: the batch's accounts were not read under lock (the engine's fast path); every
+    one of them is guarded, so that a refusal decided on stale counters is caught too.
+    """
     assert conn.is_in_transaction()
     rows = batch.rows
     changed = batch.changed_accounts()
     new = batch.new_pendings()
     resolved = batch.resolved_pendings()
-    if not (rows or changed or new or resolved):
+    guarded = list(batch.accounts.values()) if optimistic else changed
+    if not (rows or guarded or new or resolved):
         return  # every event was refused or a replay
     locked = batch.accounts.keys()
     assert all(r[ROW_DEBIT] in locked and r[ROW_CREDIT] in locked for r in rows), \
@@ -135,11 +152,13 @@ async def write(conn: asyncpg.Connection, batch: Batch) -> None:
         status = await conn.copy_records_to_table("ledger_transfers", records=rows, columns=_TRANSFER_COLUMNS)
         assert status == f"COPY {len(rows)}", f"copied {status!r} for {len(rows)} transfers"
     counts = await conn.fetchrow(
-        _WRITE, *_account_columns(changed), batch.now,
+        _WRITE, *_account_columns(guarded), batch.now,
         [p.id for p in new], [p.status.value for p in new], [p.expires_at for p in new], [p.resolved_by for p in new],
         [p.id for p in resolved], [p.status.value for p in resolved], [p.resolved_by for p in resolved])
     assert counts is not None
-    assert counts[0] == len(changed), f"account counters changed under the lock: {counts[0]} of {len(changed)}"
+    if optimistic and counts[0] != len(guarded):
+        raise StaleAccounts(f"{len(guarded) - counts[0]} of {len(guarded)} accounts moved since they were cached")
+    assert counts[0] == len(guarded), f"account counters changed under the lock: {counts[0]} of {len(guarded)}"
     assert counts[1] == len(new), f"inserted {counts[1]} of {len(new)} holds"
     assert counts[2] == len(resolved), f"hold resolved under the lock by another writer: {counts[2]} of {len(resolved)}"
 

@@ -113,6 +113,60 @@ async def test_replays_across_batches_and_engines_move_nothing(dsn: str, engine:
     assert await counters(db, a) == (0, 10, 0, 100)
 
 
+async def test_the_fast_path_applies_against_cached_counters(engine: Engine, db: asyncpg.Connection) -> None:
+    a, b = await wallets(db, 2)
+    await fund_all(engine, [a, b], 100)  # reads a, b under lock: cached from here on
+    fast = engine.stats.fast_batches
+    tip = [move(a, b, 30, flags=LINKED), move(a, PLATFORM, 5)]
+    assert await results(engine, *tip) == [Result.OK, Result.OK]
+    assert engine.stats.fast_batches == fast  # the platform account was not cached yet
+    assert await results(engine, move(b, a, 1)) == [Result.OK]
+    tip = [move(a, b, 30, flags=LINKED), move(a, PLATFORM, 5)]
+    assert await results(engine, *tip) == [Result.OK, Result.OK]
+    assert engine.stats.fast_batches == fast + 2
+    assert engine.stats.fast_misses == 0
+    assert await counters(db, a) == (0, 70, 0, 101)
+    assert await counters(db, b) == (0, 1, 0, 160)
+    rows = await db.fetch("SELECT debit_balance_after, credit_balance_after FROM ledger_transfers "
+                          "WHERE debit_account_id = $1 ORDER BY seq", a)
+    assert [tuple(r) for r in rows] == [(70, 130), (65, 5), (36, 159), (31, 10)]
+
+
+async def test_counters_moved_by_another_process_send_the_batch_down_the_locked_path(
+        dsn: str, engine: Engine, db: asyncpg.Connection) -> None:
+    a, b = await wallets(db, 2)
+    await fund_all(engine, [a, b], 100)
+    other = await start_engine(dsn)
+    try:
+        await fund(other, a, 50)  # a holds 150; `engine` still thinks 100
+        misses = engine.stats.fast_misses
+        # Decided on the cache alone this would be refused; the locked path sees the 150.
+        assert await results(engine, move(a, b, 120)) == [Result.OK]
+        assert await results(other, move(b, a, 7)) == [Result.OK]
+        # Accepted on the cache (a: 30 left) but guarded: the write finds a and b moved, rolls back.
+        assert await results(engine, move(a, b, 1)) == [Result.OK]
+        assert engine.stats.fast_misses == misses + 1
+    finally:
+        await other.close()
+    assert await counters(db, a) == (0, 121, 0, 157)
+    assert await counters(db, b) == (0, 7, 0, 221)
+    report = await audit(db)
+    assert report.ok, report.format()
+
+
+async def test_a_replayed_id_on_the_fast_path_answers_exists_and_moves_nothing(
+        engine: Engine, db: asyncpg.Connection) -> None:
+    a, b = await wallets(db, 2)
+    await fund_all(engine, [a, b], 100)
+    tip = move(a, b, 10)
+    assert await results(engine, tip) == [Result.OK]
+    misses = engine.stats.fast_misses
+    # Funds suffice, so the cached attempt accepts it; the COPY meets the stored id and rolls back.
+    assert await results(engine, tip, move(b, a, 1)) == [Result.EXISTS, Result.OK]
+    assert engine.stats.fast_misses == misses + 1
+    assert await counters(db, a) == (0, 10, 0, 101)
+
+
 async def test_two_engines_racing_on_the_same_ids_apply_each_once(dsn: str, db: asyncpg.Connection) -> None:
     """Two processes' writers get the same tips at once (a client retried on another node)."""
     payers = await wallets(db, 20)
@@ -351,7 +405,7 @@ async def test_unforeseen_failure_fails_the_batch_not_the_writer(engine: Engine,
     await fund(engine, a, 100)
     real_write = store.write
 
-    async def broken_write(conn: asyncpg.Connection, batch: object) -> None:
+    async def broken_write(conn: asyncpg.Connection, batch: object, **kw: object) -> None:
         raise RuntimeError("injected")
 
     monkeypatch.setattr(store, "write", broken_write)
@@ -372,7 +426,7 @@ async def test_a_failed_invariant_stops_the_engine(dsn: str, db: asyncpg.Connect
     try:
         await fund(engine, a, 100)
 
-        async def broken_write(conn: asyncpg.Connection, batch: object) -> None:
+        async def broken_write(conn: asyncpg.Connection, batch: object, **kw: object) -> None:
             raise AssertionError("injected invariant failure")
 
         monkeypatch.setattr(store, "write", broken_write)

@@ -198,6 +198,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.runner = asyncio.Runner()
         self.clock = FakeClock()
         self.engine: Engine = self.run(start_engine(self.dsn, clock=self.clock, batch_wait_ms=3))
+        # Another process's writer: what it applies leaves `engine`'s cached counters stale.
+        self.other: Engine = self.run(start_engine(self.dsn, clock=self.clock))
         self.conn: asyncpg.Connection = self.run(asyncpg.connect(self.dsn))
         self.sweeper = Sweeper(self.engine, self.conn, interval_s=1, batch_max=1000)
         self.model = Model(now=self.clock.now)
@@ -215,6 +217,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.run(self.engine.close())
+        self.run(self.other.close())
         self.run(self.conn.close())
         self.runner.close()
 
@@ -240,6 +243,13 @@ class LedgerMachine(RuleBasedStateMachine):
         for submission, results in zip(submissions, got, strict=True):
             self.sent += submission
             assert results == self.model.submit(submission), submission
+
+    @rule(data=st.data())
+    def submit_through_another_process(self, data: st.DataObject) -> None:
+        submission = self.draw_submission(data)
+        got = self.run(self.other.submit(submission))
+        self.sent += submission
+        assert [o.result for o in got] == self.model.submit(submission), submission
 
     @rule(seconds=st.sampled_from([5, 10]))
     def time_passes(self, seconds: int) -> None:
