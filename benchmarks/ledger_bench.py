@@ -89,6 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accounts", type=int, default=10_000, help="uniform workload: wallets")
     p.add_argument("--batch-max", type=int, default=1000, help="engine: most transfers per batch")
     p.add_argument("--batch-wait-ms", type=float, default=0.0, help="engine: longest a batch waits for more")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="engine: every batch through the locked path (no counter cache)")
     p.add_argument("--no-naive", action="store_true", help="skip the baseline")
     p.add_argument("--no-audit", action="store_true", help="skip the audit at the end")
     p.add_argument("--json", type=Path, help="also write the runs as JSON here")
@@ -239,7 +241,8 @@ def machine() -> dict[str, str]:
 
 async def bench(dsn: str, args: argparse.Namespace) -> int:
     counts = [int(n) for n in args.submitters.split(",")]
-    engine = Engine(dsn, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, queue_max=1_000_000)
+    engine = Engine(dsn, batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, queue_max=1_000_000,
+                    cache_max=0 if args.no_fast_path else 100_000)
     await engine.start()
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=NAIVE_POOL_MAX)
     assert pool is not None
