@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     ws_auth_timeout_s: float = Field(5.0, gt=0, le=60, description="Time to send `auth` after connecting.")
     ws_max_frame_bytes: int = Field(65_536, ge=256, description="Largest inbound socket frame.")
     ws_max_rooms_per_conn: int = Field(16, ge=1, description="Rooms one connection may join.")
-    ws_max_conns_per_user: int = Field(8, ge=1, description="Open sockets per user.")
+    ws_max_conns_per_user: int = Field(8, ge=1, description="Open sockets per user, on all nodes together.")
     ws_max_guests_per_ip: int = Field(1000, ge=1, description="Guest sockets per client IP on one node "
                                                            "(a venue behind one NAT stays well inside it).")
     ws_outbound_max_bytes: int = Field(1_048_576, ge=4096,
@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     room_history_max: int = Field(1000, ge=1, description="Events kept per room for resume.")
     room_history_ttl_s: int = Field(3600, ge=1, description="Age after which history is trimmed.")
     viewer_count_interval_s: float = Field(1.0, gt=0, description="Most one `room.viewers` per interval.")
+    ws_coalesce_ms: float = Field(25.0, ge=0, le=1000, description=(
+        "Rooms of at least GREENROOM_WS_COALESCE_MIN_MEMBERS on a node write their events to each member "
+        "at most once per this interval (events in between go out in one write; an event after a quiet "
+        "spell goes at once). 0 writes every loop tick."))
+    ws_coalesce_min_members: int = Field(256, ge=1, description=(
+        "Members of a room on one node from which its events are coalesced per GREENROOM_WS_COALESCE_MS."))
     presence_ttl_s: float = Field(15.0, gt=0, description="Presence of a dead node expires after this.")
     chat_max_chars: int = Field(500, ge=1, le=10000, description="Longest chat message.")
     chat_rate_per_10s: int = Field(10, ge=1, description="Chat messages per user per room per 10 s.")

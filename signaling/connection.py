@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,21 +48,36 @@ class Membership:
 
 
 class Outbox:
-    """Connections with frames queued in this loop tick; flushed once, right after the tick."""
+    """Connections with frames queued; each flushed in one write, right after this loop tick.
 
-    def __init__(self) -> None:
+    With `interval_s`, a flush comes at most once per interval: the first frames after a quiet
+    spell still go at once, and what arrives within the interval after a flush waits for the next
+    one (big rooms under load: one write per member carries several events).
+    """
+
+    def __init__(self, interval_s: float = 0.0) -> None:
+        assert interval_s >= 0
         self._dirty: list[Connection] = []
         self._scheduled = False
+        self._interval_s = interval_s
+        self._last_flush = -math.inf
 
     def mark(self, conn: Connection) -> None:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            delay = self._last_flush + self._interval_s - loop.time() if self._interval_s else 0.0
+            if delay > 0:
+                loop.call_later(delay, self.flush)
+            else:
+                loop.call_soon(self.flush)
 
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         self._scheduled = False
+        if self._interval_s:
+            self._last_flush = asyncio.get_running_loop().time()
         for conn in dirty:
             conn.flush()
 
@@ -86,6 +102,7 @@ class Connection:
         self._close_timeout = settings.ws_close_timeout_s
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._waiting_in: Outbox | None = None  # the outbox that will flush `_out`
         self._sent_pending = 0  # transport buffer size at the last flush; it only shrinks in between
         self._close_task: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -121,8 +138,12 @@ class Connection:
     def closing(self) -> bool:
         return self.close_code is not None
 
-    def enqueue(self, frame: bytes) -> bool:
-        """Queue one built frame; False (and a slow-consumer close) when over the byte budget."""
+    def enqueue(self, frame: bytes, outbox: Outbox | None = None) -> bool:
+        """Queue one built frame; False (and a slow-consumer close) when over the byte budget.
+
+        `outbox` decides when the queue is written (default: the connection's, right after this
+        tick); a frame for the default outbox moves a queue that waits for another one up to it.
+        """
         if self.close_code is not None:
             return False
         size = self._out_bytes + self._sent_pending + len(frame)
@@ -136,16 +157,22 @@ class Connection:
                 self.close_soon(Close.SLOW_CONSUMER)
                 return False
         if not self._out:
+            self._waiting_in = outbox or self._outbox
+            self._waiting_in.mark(self)
+        elif outbox is None and self._waiting_in is not self._outbox:
+            # A reply (or a small room's event) does not wait for a big room's interval: it goes
+            # right after this tick, with the events queued before it.
+            self._waiting_in = self._outbox
             self._outbox.mark(self)
         self._out.append(frame)
         self._out_bytes += len(frame)
         return True
 
-    def enqueue_volatile(self, frame: bytes) -> bool:
+    def enqueue_volatile(self, frame: bytes, outbox: Outbox | None = None) -> bool:
         """Queue a frame the next one supersedes; dropped while the socket is behind."""
         if self._out_bytes + self._sent_pending + len(frame) > self._volatile_bytes:
             return False
-        return self.enqueue(frame)
+        return self.enqueue(frame, outbox)
 
     def send(self, payload: bytes) -> bool:
         """Queue one JSON payload as a text frame."""
@@ -154,6 +181,7 @@ class Connection:
     def flush(self) -> None:
         if not self._out:
             return
+        self._waiting_in = None
         out, self._out = self._out, []
         self._out_bytes = 0
         if self._transport.is_closing():

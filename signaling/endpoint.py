@@ -19,6 +19,7 @@ the room joined.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from server import appkeys
 from server.errors import ApiError
 from server.routing import client_ip, validation_details
 
+from . import rooms
 from .backend import create_broker, create_presence, new_node_id
 from .connection import Connection
 from .hub import Hub
@@ -59,6 +61,7 @@ async def _socket_services(app: web.Application) -> AsyncIterator[None]:
     broker = create_broker(settings, redis, node_id=node_id)
     presence = create_presence(settings, redis, node_id=node_id)
     hub = Hub(broker, presence, settings, app.get(appkeys.METRICS))
+    hub.access_check = functools.partial(rooms.admitted, app[appkeys.DB])
     app[appkeys.BROKER] = broker
     app[appkeys.PRESENCE] = presence
     app[appkeys.HUB] = hub
@@ -101,7 +104,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     conn.remote = client_ip(request)
     hub.attach(conn)
     try:
-        if _auth_from_query(request, conn):
+        if await _auth_from_query(request, conn):
             await _serve(app, conn)
     finally:
         await hub.detach(conn)
@@ -112,7 +115,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def _auth_from_query(request: web.Request, conn: Connection) -> bool:
+async def _auth_from_query(request: web.Request, conn: Connection) -> bool:
     """Sign in from `?token=` or admit `?guest=1`; False when the socket is being closed instead."""
     token = request.query.get("token")
     if token:
@@ -121,7 +124,7 @@ def _auth_from_query(request: web.Request, conn: Connection) -> bool:
         except ApiError as exc:
             conn.close_soon(Close.AUTH_FAILED, exc.message)
             return False
-        if not request.app[appkeys.HUB].admit_user(conn, identity.user_id):
+        if not await request.app[appkeys.HUB].admit_user(conn, identity.user_id):
             conn.close_soon(Close.TOO_MANY_CONNECTIONS)
             return False
         conn.sign_in(identity)

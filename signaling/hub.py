@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -52,14 +52,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("greenroom.hub")
 
 STAFF_ROLES = frozenset({"performer", "moderator"})
+
+
+def user_sockets(user_id: uuid.UUID) -> str:
+    """The presence channel that counts a user's sockets on every node (not a room)."""
+    return f"user:{user_id}"
 _EJECTING = (b'{"type":"member.kicked"', b'{"type":"member.banned"')
+_ACCESS_CHANGED = b'{"type":"room.access"'
+
+# Who of these users a room admits now, and whether guests may stay (`rooms.admitted`).
+AccessCheck = Callable[[str, set[uuid.UUID]], Awaitable[tuple[bool, set[uuid.UUID]]]]
 
 
 class Room:
     """A room as this node sees it: local members and the delivery position."""
 
-    __slots__ = ("epoch", "members", "name", "name_json", "offset", "overflow", "pending", "ready", "staff",
-                 "task", "viewers")
+    __slots__ = ("epoch", "members", "name", "name_json", "offset", "overflow", "pending", "ready", "task",
+                 "viewers")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -72,7 +81,6 @@ class Room:
         self.overflow = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
-        self.staff: dict[uuid.UUID, int] = {}  # local staff connections per user, for member.joined/left
         self.viewers = -1  # last count sent
 
 
@@ -84,6 +92,8 @@ class Hub:
         self.settings = settings
         self.metrics = metrics
         self.outbox = Outbox()
+        # Big rooms' events: at most one write per member per GREENROOM_WS_COALESCE_MS.
+        self.bulk_outbox = Outbox(settings.ws_coalesce_ms / 1000)
         self.rooms: dict[str, Room] = {}
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[uuid.UUID, set[Connection]] = {}
@@ -91,6 +101,8 @@ class Hub:
         self._serials: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        # Set by the app: re-checks a room's members when its access rule changes (`room.access`).
+        self.access_check: AccessCheck | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -122,17 +134,42 @@ class Hub:
         if self.metrics is not None:
             self.metrics.ws_opened()
 
-    def admit_user(self, conn: Connection, user_id: uuid.UUID) -> bool:
-        """Count `conn` against its user's per-node socket limit; False when over it."""
+    async def admit_user(self, conn: Connection, user_id: uuid.UUID) -> bool:
+        """Count `conn` against its user's socket limit, on every node; False when over it.
+
+        The sockets of a user are a presence channel of their own (`user_sockets`): add this one,
+        then count. Two sockets arriving at once at the limit may both be refused, never both
+        admitted over it. If presence fails, this node's own count still applies.
+        """
+        limit = self.settings.ws_max_conns_per_user
         conns = self.by_user.setdefault(user_id, set())
         if conn in conns:
             return True
-        if len(conns) >= self.settings.ws_max_conns_per_user:
+        if len(conns) >= limit:
             if not conns:
                 del self.by_user[user_id]
             return False
         conns.add(conn)
-        return True
+        channel = user_sockets(user_id)
+        try:
+            await self.presence.add(channel, conn.conn_id, {"user_id": str(user_id)})
+            clients, _ = await self.presence.counts(channel)
+        except Exception as exc:
+            log.warning("presence unavailable for the socket limit of %s: %s", user_id, exc)
+            return True
+        if clients <= limit and conn.conn_id in self.connections:
+            return True
+        self._forget_user_socket(conn, user_id)
+        with contextlib.suppress(Exception):
+            await self.presence.remove(channel, conn.conn_id)
+        return False
+
+    def _forget_user_socket(self, conn: Connection, user_id: uuid.UUID) -> None:
+        conns = self.by_user.get(user_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_user[user_id]
 
     def admit_guest(self, conn: Connection) -> bool:
         """Count a guest `conn` against its address's per-node limit; False when over it."""
@@ -156,12 +193,12 @@ class Hub:
             if not guests:
                 del self.guests_by_ip[conn.remote]
         uid = conn.user_id
-        if uid is not None:
-            conns = self.by_user.get(uid)
-            if conns is not None:
-                conns.discard(conn)
-                if not conns:
-                    del self.by_user[uid]
+        if uid is not None and conn in self.by_user.get(uid, ()):
+            self._forget_user_socket(conn, uid)
+            try:
+                await self.presence.remove(user_sockets(uid), conn.conn_id)
+            except Exception:
+                log.exception("presence remove failed for the sockets of %s", uid)  # expires with its TTL
         for name in list(conn.rooms):
             await self.leave(conn, name)
 
@@ -209,20 +246,28 @@ class Hub:
         room.offset = pub.offset
         frame = text_frame(event_payload(room.name_json, pub.offset, pub.data))
         backlog_max = self.settings.ws_join_backlog_max
+        outbox = self._outbox_for(room)
         for conn, member in room.members.items():
             if member.live:
-                conn.enqueue(frame)
+                conn.enqueue(frame, outbox)
             elif len(member.backlog) < backlog_max:
                 member.backlog.append((pub.offset, frame))
             else:
                 member.overflowed = True
         if pub.data.startswith(_EJECTING):
             self._eject(room, pub.data)
+        elif pub.data.startswith(_ACCESS_CHANGED):
+            self._spawn(self._recheck_access(room))
+
+    def _outbox_for(self, room: Room) -> Outbox | None:
+        """Big rooms' events wait for the bulk outbox's interval; None: right after this tick."""
+        return self.bulk_outbox if len(room.members) >= self.settings.ws_coalesce_min_members else None
 
     def _deliver_volatile(self, room: Room, frame: bytes) -> None:
+        outbox = self._outbox_for(room)
         for conn, member in room.members.items():
             if member.live:
-                conn.enqueue_volatile(frame)
+                conn.enqueue_volatile(frame, outbox)
 
     def _eject(self, room: Room, body: bytes) -> None:
         try:
@@ -234,6 +279,24 @@ class Hub:
             removed = self._remove(conn, room.name)
             if removed is not None:
                 self._spawn(self._after_leave(conn, *removed))
+
+    async def _recheck_access(self, room: Room) -> None:
+        """Remove this node's sockets of the room that its (new) access rule does not admit."""
+        check = self.access_check
+        if check is None:
+            return
+        users = {conn.user_id for conn in room.members if conn.user_id is not None}
+        try:
+            guests, admitted = await check(room.name, users)
+        except Exception:
+            log.exception("cannot re-check access to %s", room.name)
+            return
+        for conn in list(room.members):
+            keep = guests if conn.user_id is None else conn.user_id in admitted
+            if not keep:
+                removed = self._remove(conn, room.name)
+                if removed is not None:
+                    await self._after_leave(conn, *removed)
 
     async def _catch_up(self, room: Room) -> None:
         """Deliver what `room.pending` holds in order, filling gaps from history, then go live."""
@@ -376,34 +439,35 @@ class Hub:
         return room, member
 
     async def _after_leave(self, conn: Connection, room: Room, member: Membership, *, announce: bool = True) -> None:
-        staff_left = self._count_staff(room, conn, member, -1) if announce else None
+        last = False
         try:
-            await self.presence.remove(room.name, conn.conn_id)
+            last = await self.presence.remove(room.name, conn.conn_id)
         except Exception:
             log.exception("presence remove failed for %s", room.name)  # the entry expires with its TTL
-        if staff_left is not None:
-            await self._announce(room.name, "member.left", staff_left, member.grant.role)
+        staff = self._staff(conn, member)
+        if announce and last and staff is not None:
+            await self._announce(room.name, "member.left", staff, member.grant.role)
         if not room.members:
             await self._release(room)
 
     async def _arrived(self, room: Room, conn: Connection, member: Membership) -> None:
         info = {"user_id": str(conn.user_id) if conn.user_id else None, "role": member.grant.role}
-        await self.presence.add(room.name, conn.conn_id, info)
-        staff = self._count_staff(room, conn, member, +1)
-        if staff is not None:
+        first = await self.presence.add(room.name, conn.conn_id, info)
+        staff = self._staff(conn, member)
+        if first and staff is not None:
             await self._announce(room.name, "member.joined", staff, member.grant.role)
 
-    def _count_staff(self, room: Room, conn: Connection, member: Membership, delta: int) -> uuid.UUID | None:
-        """Track local staff sockets; return the user when its first arrived or its last left."""
-        uid = conn.user_id
-        if uid is None or member.grant.role not in STAFF_ROLES:
+    @staticmethod
+    def _staff(conn: Connection, member: Membership) -> uuid.UUID | None:
+        """The user, when this membership is one that joins and leaves are announced for.
+
+        Presence decides when: a user's first socket in the room on any node announces the join,
+        its last one the leave (a user whose last socket was on a node that died leaves the counts
+        within the presence TTL, without an announcement).
+        """
+        if conn.user_id is None or member.grant.role not in STAFF_ROLES:
             return None
-        count = room.staff.get(uid, 0) + delta
-        if count > 0:
-            room.staff[uid] = count
-        else:
-            room.staff.pop(uid, None)
-        return uid if (delta > 0 and count == 1) or (delta < 0 and count == 0) else None
+        return conn.user_id
 
     async def _announce(self, room: str, type_: str, user_id: uuid.UUID, role: str) -> None:
         try:
@@ -467,14 +531,16 @@ class Hub:
         interval = self.settings.viewer_count_interval_s
         while True:
             await asyncio.sleep(interval)
-            for room in list(self.rooms.values()):
-                if not room.members or not room.ready.done():
-                    continue
-                try:
-                    _, count = await self.presence.counts(room.name)
-                except Exception:
-                    log.exception("presence count failed for %s", room.name)
-                    continue
+            rooms = [room for room in self.rooms.values() if room.members and room.ready.done()]
+            if not rooms:
+                continue
+            try:
+                counts = await self.presence.counts_many([room.name for room in rooms])
+            except Exception:
+                log.exception("presence counts failed for %d rooms", len(rooms))
+                continue
+            for room in rooms:
+                count = counts[room.name][1]
                 if count != room.viewers and self.rooms.get(room.name) is room:
                     room.viewers = count
                     body = event_body("room.viewers", {"count": count})

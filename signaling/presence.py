@@ -35,6 +35,7 @@ log = logging.getLogger("greenroom.presence")
 
 PURGE_ROUNDS_MAX = 100  # purge calls per read; each drops up to `purge_batch` expired entries
 HMGET_CHUNK = 1000  # Lua's unpack() has a small stack limit
+COUNTS_CHUNK = 500  # channels per pipelined round trip in counts_many
 CLOSE_WAIT_S = 5.0  # bound on waiting for an in-flight heartbeat at close
 
 Info = dict[str, Any]
@@ -49,17 +50,24 @@ class Presence(Protocol):
     async def start(self) -> None:
         """Register this node and begin refreshing its entries."""
 
-    async def add(self, channel: str, client_id: str, info: Info) -> None:
-        """Insert or replace the client's entry in the channel."""
+    async def add(self, channel: str, client_id: str, info: Info) -> bool:
+        """Insert or replace the client's entry in the channel.
 
-    async def remove(self, channel: str, client_id: str) -> None:
-        """Drop the client's entry (idempotent)."""
+        True when the entry is its user's first live one in the channel, on any node (atomically:
+        of two nodes adding the same user at once, one gets True).
+        """
+
+    async def remove(self, channel: str, client_id: str) -> bool:
+        """Drop the client's entry (idempotent). True when it was its user's last live one, on any node."""
 
     async def members(self, channel: str, limit: int) -> dict[str, Info]:
         """Up to `limit` live entries, client id -> info."""
 
     async def counts(self, channel: str) -> tuple[int, int]:
         """(live clients, distinct users) in the channel."""
+
+    async def counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
+        """`counts` of several channels at once (one round trip per chunk of them)."""
 
     async def nodes(self) -> list[str]:
         """Ids of the nodes alive now."""
@@ -81,7 +89,7 @@ class MemoryPresence:
     async def start(self) -> None:
         return None
 
-    async def add(self, channel: str, client_id: str, info: Info) -> None:
+    async def add(self, channel: str, client_id: str, info: Info) -> bool:
         room = self._rooms.setdefault(channel, {})
         users = self._users.setdefault(channel, Counter())
         old = room.get(client_id)
@@ -90,16 +98,19 @@ class MemoryPresence:
         key = user_key(client_id, info)
         room[client_id] = (key, dict(info))
         users[key] += 1
+        return users[key] == 1
 
-    async def remove(self, channel: str, client_id: str) -> None:
+    async def remove(self, channel: str, client_id: str) -> bool:
         room = self._rooms.get(channel)
         if room is None or client_id not in room:
-            return
+            return False
         key, _ = room.pop(client_id)
-        self._forget_user(self._users[channel], key)
+        users = self._users[channel]
+        self._forget_user(users, key)
         if not room:
             del self._rooms[channel]
             del self._users[channel]
+        return key not in users
 
     async def members(self, channel: str, limit: int) -> dict[str, Info]:
         out: dict[str, Info] = {}
@@ -111,6 +122,9 @@ class MemoryPresence:
 
     async def counts(self, channel: str) -> tuple[int, int]:
         return len(self._rooms.get(channel, {})), len(self._users.get(channel, {}))
+
+    async def counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
+        return {c: (len(self._rooms.get(c, {})), len(self._users.get(c, {}))) for c in channels}
 
     async def nodes(self) -> list[str]:
         return [self.node_id]
@@ -133,20 +147,28 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS of the channel scripts: exp, info, user, users
 _DROP = """
+-- Returns 1 when the client was its user's last one.
 local function drop(client)
+  local last = 0
   local user = redis.call('HGET', KEYS[3], client)
   if user then
-    if redis.call('HINCRBY', KEYS[4], user, -1) <= 0 then redis.call('HDEL', KEYS[4], user) end
+    if redis.call('HINCRBY', KEYS[4], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[4], user)
+      last = 1
+    end
     redis.call('HDEL', KEYS[3], client)
   end
   redis.call('HDEL', KEYS[2], client)
   redis.call('ZREM', KEYS[1], client)
+  return last
 end
 """
 
 ADD_LUA = _NOW_MS + """
 -- ARGV: ttl_ms, then (client, user key, info) triples
+-- Returns how many of the clients were their user's first (for one client: 1 or 0).
 local expires = string.format('%d', now + tonumber(ARGV[1]))
+local firsts = 0
 for i = 2, #ARGV, 3 do
   local client, user = ARGV[i], ARGV[i + 1]
   local old = redis.call('HGET', KEYS[3], client)
@@ -155,19 +177,20 @@ for i = 2, #ARGV, 3 do
       if redis.call('HINCRBY', KEYS[4], old, -1) <= 0 then redis.call('HDEL', KEYS[4], old) end
     end
     redis.call('HSET', KEYS[3], client, user)
-    redis.call('HINCRBY', KEYS[4], user, 1)
+    if redis.call('HINCRBY', KEYS[4], user, 1) == 1 then firsts = firsts + 1 end
   end
   redis.call('ZADD', KEYS[1], expires, client)
   redis.call('HSET', KEYS[2], client, ARGV[i + 2])
 end
 for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ARGV[1]) end
-return 0
+return firsts
 """
 
 REMOVE_LUA = _DROP + """
--- ARGV: clients
-for i = 1, #ARGV do drop(ARGV[i]) end
-return 0
+-- ARGV: clients. Returns how many were their user's last.
+local lasts = 0
+for i = 1, #ARGV do lasts = lasts + drop(ARGV[i]) end
+return lasts
 """
 
 READ_LUA = _NOW_MS + _DROP + """
@@ -235,13 +258,13 @@ class RedisPresence:
         await self._tick()
         self._heartbeat = asyncio.create_task(self._beat(), name=f"presence-heartbeat-{self.node_id}")
 
-    async def add(self, channel: str, client_id: str, info: Info) -> None:
+    async def add(self, channel: str, client_id: str, info: Info) -> bool:
         entry = (user_key(client_id, info), orjson.dumps(info))
         room = self._local.setdefault(channel, {})
         previous = room.get(client_id)
         room[client_id] = entry
         try:
-            await self._add(keys=_keys(channel), args=[self._ttl_ms, client_id, *entry])
+            return int(await self._add(keys=_keys(channel), args=[self._ttl_ms, client_id, *entry])) == 1
         except BaseException:
             # The caller sees a failure, so a later heartbeat must not list the client either.
             if previous is None:
@@ -250,11 +273,11 @@ class RedisPresence:
                 room[client_id] = previous
             raise
 
-    async def remove(self, channel: str, client_id: str) -> None:
+    async def remove(self, channel: str, client_id: str) -> bool:
         self._forget(channel, client_id)
         if self._removed_in_tick is not None:
             self._removed_in_tick.add((channel, client_id))
-        await self._remove(keys=_keys(channel), args=[client_id])
+        return int(await self._remove(keys=_keys(channel), args=[client_id])) == 1
 
     async def members(self, channel: str, limit: int) -> dict[str, Info]:
         if limit <= 0:
@@ -266,6 +289,20 @@ class RedisPresence:
     async def counts(self, channel: str) -> tuple[int, int]:
         reply = await self._read_fresh(channel, "counts", 0)
         return int(reply[1]), int(reply[2])
+
+    async def counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(channels), COUNTS_CHUNK):
+            chunk = channels[start:start + COUNTS_CHUNK]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel in chunk:
+                    await self._read(keys=_keys(channel), args=[self._purge_batch, "counts", 0], client=pipe)
+                replies: list[Any] = await pipe.execute()
+            for channel, reply in zip(chunk, replies, strict=True):
+                if reply[0] != 0:  # more expired entries than one purge drops: finish that one alone
+                    reply = await self._read_fresh(channel, "counts", 0)
+                out[channel] = (int(reply[1]), int(reply[2]))
+        return out
 
     async def nodes(self) -> list[str]:
         return sorted(n.decode() for n in await self._nodes(keys=[NODES_KEY], args=[]))

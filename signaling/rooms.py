@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
@@ -110,8 +111,13 @@ async def create_show_room(db: Db, host_id: uuid.UUID, show_id: uuid.UUID, acces
     return await create_room(db, "show", show_id, host_id, access)
 
 
-async def set_access(db: Db, room: str, access: Access) -> None:
+async def set_access(db: Db, room: str, access: Access) -> bool:
+    """Change the room's access rule; True when it changed (publish `room.access` after commit)."""
+    old = await db.fetchval("SELECT access FROM rooms WHERE name = $1 FOR UPDATE", room)
+    if old is None or old == access:
+        return False
     await db.execute("UPDATE rooms SET access = $2 WHERE name = $1", room, access)
+    return True
 
 
 async def grant(db: Db, room: str, user_id: uuid.UUID, source: GrantSource,
@@ -173,6 +179,32 @@ def admits(s: Standing) -> bool:
     if s.access == "public" or s.rank >= RANK["moderator"]:
         return True
     return any(src in s.granted for src in ADMITTED_BY[s.access])
+
+
+# `admits` for many users at once; a grant of the access rule's own name or an invite opens the
+# room, as ADMITTED_BY says (tests/test_room_access_change.py holds the two together).
+_ADMITTED_SQL = """
+SELECT r.access = 'public', ARRAY(
+    SELECT u.id FROM users u WHERE u.id = ANY($2::uuid[]) AND (
+        r.access = 'public' OR u.id = r.host_id OR u.role = 'admin'
+        OR EXISTS (SELECT 1 FROM room_moderators m WHERE m.room = r.name AND m.user_id = u.id)
+        OR EXISTS (SELECT 1 FROM room_grants g WHERE g.room = r.name AND g.user_id = u.id
+                     AND (g.source = 'invite' OR g.source = r.access)
+                     AND (g.expires_at IS NULL OR g.expires_at > now()))))
+FROM rooms r WHERE r.name = $1
+"""
+
+
+async def admitted(db: Db, room: str, user_ids: Collection[uuid.UUID]) -> tuple[bool, set[uuid.UUID]]:
+    """Whether guests may stay in the room, and which of these users its access rule lets in now.
+
+    One query for a whole room's members (the hub re-checks its sockets when the rule changes);
+    bans aside, which eject by themselves. An unknown room admits nobody.
+    """
+    row = await db.fetchrow(_ADMITTED_SQL, room, list(user_ids))
+    if row is None:
+        return False, set()
+    return bool(row[0]), set(row[1])
 
 
 async def authorize_join(app: web.Application, identity: Identity | None, room: str) -> RoomGrant:

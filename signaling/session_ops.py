@@ -71,7 +71,7 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
         raise
     if conn.identity is not None and identity.user_id != conn.identity.user_id:
         raise ApiError("PERMISSION_DENIED", "a session cannot change user; open a new socket")
-    if not ctx.app[appkeys.HUB].admit_user(conn, identity.user_id):
+    if not await ctx.app[appkeys.HUB].admit_user(conn, identity.user_id):
         limit = ctx.app[appkeys.SETTINGS].ws_max_conns_per_user
         ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
         raise ApiError("TOO_MANY_CONNECTIONS", f"at most {limit} open sockets per user",

@@ -173,6 +173,7 @@ async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.U
         changes["tags"] = _dedupe(changes["tags"])
     if changes:
         sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+        access_changed = False
         async with app[appkeys.DB].acquire() as conn, conn.transaction():
             updated = await conn.fetchval(
                 f"UPDATE streams SET {sets}, updated_at = now() WHERE id = $1 AND status <> 'ended' RETURNING id",
@@ -180,9 +181,13 @@ async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.U
             if updated is None:
                 raise ApiError("CONFLICT", "an ended stream cannot be edited")
             if "access" in changes:
-                await rooms.set_access(conn, room_of(stream_id), changes["access"])
+                access_changed = await rooms.set_access(conn, room_of(stream_id), changes["access"])
         row = await _load(app, stream_id, actor)
-        await app[appkeys.HUB].publish(room_of(stream_id), "stream.updated", _public_meta(row))
+        hub = app[appkeys.HUB]
+        await hub.publish(room_of(stream_id), "stream.updated", _public_meta(row))
+        if access_changed:
+            # Every node re-checks its members of the room and removes those the rule no longer admits.
+            await hub.publish(room_of(stream_id), "room.access", {"access": row["access"]})
     return await _shape(app, row)
 
 

@@ -4,6 +4,7 @@ cross-node behaviour only Redis has (heartbeat, a dead node's clients expiring w
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -106,6 +107,41 @@ async def test_concurrent_adds_and_removes_keep_counts_exact(nodes: Nodes) -> No
     assert await b.counts("stream:c") == (100, 5)
 
 
+async def test_add_and_remove_tell_a_users_first_and_last_entry_on_any_node(nodes: Nodes) -> None:
+    a, b = await nodes.node(), await nodes.node()
+    room = f"stream:{uuid.uuid4()}"
+    assert await a.add(room, "c1", {"user_id": "u1"}) is True
+    assert await b.add(room, "c2", {"user_id": "u1"}) is False  # second socket, other node
+    assert await a.add(room, "c1", {"user_id": "u1"}) is False  # a refresh of the same entry
+    assert await b.add(room, "g1", {}) is True  # a guest is a user of its own
+    assert await a.remove(room, "c1") is False  # u1 still has c2
+    assert await a.remove(room, "c1") is False  # idempotent
+    assert await b.remove(room, "c2") is True
+    assert await b.remove(room, "g1") is True
+    assert await a.remove(f"stream:{uuid.uuid4()}", "c9") is False
+
+
+async def test_concurrent_first_entries_of_one_user_elect_exactly_one(nodes: Nodes) -> None:
+    a, b = await nodes.node(), await nodes.node()
+    room = f"stream:{uuid.uuid4()}"
+    firsts = await asyncio.gather(*((a if i % 2 else b).add(room, f"c{i}", {"user_id": "same"}) for i in range(40)))
+    assert firsts.count(True) == 1
+    lasts = await asyncio.gather(*((b if i % 2 else a).remove(room, f"c{i}") for i in range(40)))
+    assert lasts.count(True) == 1
+
+
+async def test_counts_many_equals_counts_per_channel(nodes: Nodes) -> None:
+    a, b = await nodes.node(), await nodes.node()
+    rooms = [f"stream:{uuid.uuid4()}" for _ in range(5)]
+    for i, room in enumerate(rooms):
+        for k in range(i):
+            await (a if k % 2 else b).add(room, f"c{k}", {"user_id": f"u{k % 2}"})
+    expected = {room: await a.counts(room) for room in rooms}
+    assert expected[rooms[0]] == (0, 0) and expected[rooms[4]] == (4, 2)
+    assert await b.counts_many(rooms) == expected
+    assert await a.counts_many([]) == {}
+
+
 # --- Redis: across nodes ------------------------------------------------------------------------
 
 async def wait_counts(presence: Presence, channel: str, want: tuple[int, int], within_s: float) -> float:
@@ -142,6 +178,24 @@ async def test_a_dead_nodes_clients_leave_within_the_ttl(redis_url: str) -> None
         assert await b.members("stream:n", 100) == {"b1": {"user_id": "ub"}}
     finally:
         await b.close()
+
+
+async def test_counts_many_finishes_purging_what_one_round_leaves(redis_url: str) -> None:
+    ttl = 0.5
+    dying = RedisPresence(redis_url, "node-d", ttl)
+    reader = RedisPresence(redis_url, "node-m", 30.0, purge_batch=3)  # one read drops at most 3
+    rooms = [f"stream:{uuid.uuid4()}" for _ in range(3)]
+    await dying.start()
+    try:
+        for room in rooms:
+            for i in range(8):
+                await dying.add(room, f"d{i}", {"user_id": f"u{i}"})
+        await reader.add(rooms[0], "alive", {"user_id": "alive"})
+        await dying.close()  # stops refreshing: its 24 entries expire
+        await asyncio.sleep(ttl + 0.3)
+        assert await reader.counts_many(rooms) == {rooms[0]: (1, 1), rooms[1]: (0, 0), rooms[2]: (0, 0)}
+    finally:
+        await reader.close()
 
 
 async def test_a_removal_racing_a_heartbeat_is_not_undone(redis_url: str) -> None:

@@ -15,8 +15,8 @@ from tests.socket_support import Sock, connect, eventually, hub_of, public_room
 
 
 async def two_nodes(make_settings: Callable[..., Settings], make_app: Callable[[Settings], web.Application],
-                    aiohttp_client: Any, redis_url: str) -> tuple[TestClient, TestClient]:
-    settings = make_settings(redis_url=redis_url, viewer_count_interval_s=0.05)
+                    aiohttp_client: Any, redis_url: str, **overrides: Any) -> tuple[TestClient, TestClient]:
+    settings = make_settings(redis_url=redis_url, viewer_count_interval_s=0.05, **overrides)
     a: TestClient = await aiohttp_client(make_app(settings))
     b: TestClient = await aiohttp_client(make_app(settings))
     return a, b
@@ -92,3 +92,50 @@ async def test_presence_counts_staff_and_bans_span_nodes(make_settings: Any, mak
     await eventually(lambda: room not in next(iter(hub_of(b).by_user[viewer_b.id])).rooms)
     assert await sb.error("presence", room) == "NOT_JOINED"
     await asyncio.wait_for(count_seen(sa, 2), 5)
+
+
+async def test_staff_with_sockets_on_both_nodes_is_announced_once(make_settings: Any, make_app: Any,
+                                                                   aiohttp_client: Any, redis_url: str) -> None:
+    a, b = await two_nodes(make_settings, make_app, aiohttp_client, redis_url)
+    host = await make_user(a.app, role="performer")
+    room = await public_room(a.app, host)
+    watcher = await connect(a, token=(await make_user(a.app)).token)
+    await watcher.ok("join", room)
+    host_a = await connect(a, token=host.token)
+    host_b = await connect(b, token=host.token)
+    await host_a.ok("join", room)
+    await host_b.ok("join", room)
+    await host_a.ok("leave", room)  # the host is still in the room through node B
+    await hub_of(b).publish(room, "marker", {"n": 1})
+    await host_b.ok("leave", room)
+    await hub_of(b).publish(room, "marker", {"n": 2})
+
+    seen: list[tuple[str, Any]] = []
+    while len([t for t, _ in seen if t == "marker"]) < 2:
+        event = await watcher.event()
+        if event["type"] != "room.viewers":
+            seen.append((event["type"], event["data"]))
+    assert seen == [("member.joined", {"user_id": str(host.id), "role": "performer"}), ("marker", {"n": 1}),
+                    ("member.left", {"user_id": str(host.id), "role": "performer"}), ("marker", {"n": 2})]
+
+
+async def test_the_socket_limit_per_user_counts_every_node(make_settings: Any, make_app: Any,
+                                                           aiohttp_client: Any, redis_url: str) -> None:
+    a, b = await two_nodes(make_settings, make_app, aiohttp_client, redis_url, ws_max_conns_per_user=2)
+    user = await make_user(a.app)
+    first = await connect(a, token=user.token)
+    second = await connect(b, token=user.token)
+    third = await connect(a)
+    reply = await third.request("auth", token=user.token)
+    assert reply["ok"] is False and reply["error"]["code"] == "TOO_MANY_CONNECTIONS"
+    assert await third.closed() == 4009
+    # Through the query string too, on the other node.
+    by_query = await connect(b, token=user.token, auth_op=False)
+    assert await by_query.closed() == 4009
+    assert user.id not in hub_of(a).by_user or len(hub_of(a).by_user[user.id]) == 1
+
+    await second.close()  # frees a place on node B, which node A sees
+    await eventually(lambda: user.id not in hub_of(b).by_user)
+    again = await connect(a, token=user.token)
+    assert "at" in await again.ok("ping")
+    assert "at" in await first.ok("ping")

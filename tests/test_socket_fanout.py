@@ -161,3 +161,32 @@ async def test_a_thousand_members_all_receive_a_broadcast(socket_client: MakeCli
         assert all(e["offset"] == second for e in got)
         await asyncio.gather(*(s.close() for s in members))
     await eventually(lambda: room not in hub.rooms)
+
+
+async def test_a_big_rooms_events_share_writes_and_replies_do_not_wait(socket_client: MakeClient) -> None:
+    """GREENROOM_WS_COALESCE_*: with 2 members a room counts as big here, and the interval is long."""
+    client = await socket_client(ws_coalesce_ms=1000, ws_coalesce_min_members=2, viewer_count_interval_s=3600)
+    hub = hub_of(client)
+    room = await public_room(client.app)
+    a, b = await connect(client, guest=True), await connect(client, guest=True)
+    await a.ok("join", room)
+    await b.ok("join", room)
+    conn = next(iter(hub.connections.values()))  # `a`'s: the first socket attached
+    assert room in conn.rooms
+    writes: list[int] = []
+    real_write = conn._transport.write
+
+    def counting_write(data: bytes) -> None:
+        writes.append(len(data))
+        real_write(data)
+
+    conn._transport.write = counting_write  # type: ignore[method-assign]
+    first = await hub.publish(room, "n", {"i": 0})
+    assert (await a.event("n"))["offset"] == first  # after a quiet spell: at once
+    offsets = [await hub.publish(room, "n", {"i": i}) for i in range(1, 4)]
+    await eventually(lambda: hub.bulk_outbox._scheduled)  # waiting for the interval
+    assert len(writes) == 1
+    pong = await a.request("ping")  # the reply takes the queued events along, in order
+    assert pong["ok"] is True
+    assert [e["offset"] for e in a.events if e["type"] == "n"] == offsets
+    assert len(writes) == 2 and hub.bulk_outbox._scheduled  # one write, before the interval ended

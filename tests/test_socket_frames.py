@@ -127,3 +127,42 @@ async def test_volatile_events_are_dropped_above_the_watermark() -> None:
     assert not conn.enqueue_volatile(text_frame(b'{"count":1}'))  # dropped, not queued
     assert not conn.closing
     assert conn.enqueue(text_frame(b"ordered"))  # ordered events still go (under the budget)
+
+
+async def test_an_interval_outbox_writes_at_once_after_a_quiet_spell_then_at_most_once_per_interval() -> None:
+    transport = KernelTransport(accept=10**9)
+    conn, _ = connection(transport)
+    bulk = Outbox(interval_s=0.3)
+    loop = asyncio.get_running_loop()
+    conn.enqueue(text_frame(b"a"), bulk)
+    await asyncio.sleep(0)
+    assert transport.writes == [text_frame(b"a")]  # the first after a quiet spell goes at once
+    flushed_at = loop.time()
+    conn.enqueue(text_frame(b"b"), bulk)
+    await asyncio.sleep(0)
+    conn.enqueue(text_frame(b"c"), bulk)
+    await asyncio.sleep(0.05)
+    assert len(transport.writes) == 1  # b and c wait for the interval
+    async with asyncio.timeout(5):
+        while len(transport.writes) == 1:  # noqa: ASYNC110 - polling a fake transport
+            await asyncio.sleep(0.01)
+    assert loop.time() - flushed_at >= 0.29
+    assert transport.writes[1] == text_frame(b"b") + text_frame(b"c")  # one write, in order
+
+
+async def test_a_reply_does_not_wait_for_a_big_rooms_interval_and_keeps_the_order() -> None:
+    transport = KernelTransport(accept=10**9)
+    conn, _ = connection(transport)
+    bulk = Outbox(interval_s=60.0)
+    conn.enqueue(text_frame(b"e1"), bulk)
+    await asyncio.sleep(0)  # e1 goes at once, and starts the interval
+    conn.enqueue(text_frame(b"e2"), bulk)
+    conn.enqueue(text_frame(b"e3"), bulk)
+    await asyncio.sleep(0.02)
+    assert transport.writes == [text_frame(b"e1")]
+    conn.send(b'{"op":"reply"}')  # the default outbox: right after this tick
+    await asyncio.sleep(0)
+    queued = text_frame(b"e2") + text_frame(b"e3") + text_frame(b'{"op":"reply"}')
+    assert transport.writes == [text_frame(b"e1"), queued]
+    bulk.flush()  # the interval's own flush later finds nothing left to write
+    assert len(transport.writes) == 2
