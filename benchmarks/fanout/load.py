@@ -405,12 +405,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--retries", type=int, default=1,
                         help="repeat a failing step this many times before the ladder stops (other load is noise)")
-    # Ops of one socket run one at a time, and each chat.send waits for two PostgreSQL round trips
-    # and, at N = 1,000, for the loop to finish other broadcasts: one socket tops out near 50
-    # messages/s, 4 sockets near 40-50k deliveries/s at N = 1,000, whatever the fan-out could do.
-    # A real room's messages come from many authors' sockets (and the chat rate limit holds each
-    # author far below that), so 16 sockets stand for a room's chatters.
-    parser.add_argument("--publisher-sockets", type=int, default=16,
+    # Ops of one socket run one at a time and each chat.send waits for PostgreSQL: the publisher
+    # needs a few sockets for its round trips not to cap the rate (RESULTS.md, "Fan-out").
+    parser.add_argument("--publisher-sockets", type=int, default=4,
                         help="greenroom: sockets the publisher spreads chat.send over (ops of one socket are serial)")
     parser.add_argument("--text-bytes", type=int, default=64, help="chat text length")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""),
