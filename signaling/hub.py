@@ -21,9 +21,15 @@ or duplicate.
 Viewer counts (distinct users; each guest counts as one) come from presence (all nodes), at
 most once per `viewer_count_interval_s` per room and only when the count changed;
 `member.joined` / `member.left` (with history) are published for performers and moderators
-only, so a big room has no per-viewer join storm.
+only, so a big room has no per-viewer join storm, and once per user across nodes (presence tells
+the first socket in and the last out).
 Control events `member.kicked` / `member.banned` carrying `data.user_id` remove that user's
-local connections from the room right after delivering the event, on every node.
+local connections from the room right after delivering the event, on every node; `room.access`
+re-checks the room's local members against its new access rule and removes those it refuses.
+
+Big rooms (`ws_coalesce_min_members` on this node) queue their events in the bulk outbox, which
+writes to each member at most once per `ws_coalesce_ms` (the first event after a quiet spell at
+once); replies and small rooms' events go right after the loop tick.
 """
 
 from __future__ import annotations
@@ -52,16 +58,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("greenroom.hub")
 
 STAFF_ROLES = frozenset({"performer", "moderator"})
-
-
-def user_sockets(user_id: uuid.UUID) -> str:
-    """The presence channel that counts a user's sockets on every node (not a room)."""
-    return f"user:{user_id}"
 _EJECTING = (b'{"type":"member.kicked"', b'{"type":"member.banned"')
 _ACCESS_CHANGED = b'{"type":"room.access"'
 
 # Who of these users a room admits now, and whether guests may stay (`rooms.admitted`).
 AccessCheck = Callable[[str, set[uuid.UUID]], Awaitable[tuple[bool, set[uuid.UUID]]]]
+
+
+def user_sockets(user_id: uuid.UUID) -> str:
+    """The presence channel that counts a user's sockets on every node (not a room)."""
+    return f"user:{user_id}"
 
 
 class Room:
