@@ -8,14 +8,13 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server.routing import Call, Router, Schema, ok, page_meta
+from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 from signaling import reports
 from signaling.reports import Reason, ReportStatus, TargetType
 
 router = Router("moderation")
 
 DETAILS_MAX = 2000
-PAGE_MAX = 10_000
 
 
 class ReportIn(Schema):
@@ -41,9 +40,7 @@ class FlagOut(ReportOut):
     open_reports_on_target: int
 
 
-class FlagQuery(Schema):
-    page: int = Field(1, ge=1, le=PAGE_MAX)
-    per_page: int = Field(20, ge=1, le=100)
+class FlagQuery(PageQuery):
     status: ReportStatus | Literal["all"] = "open"
     target_type: TargetType | None = None
 

@@ -13,11 +13,10 @@ from ledger.model import INT64_MAX
 from ledger.payouts import Status
 from server import wallet
 from server.errors import not_found
-from server.routing import Call, Router, Schema, ok, page_meta
+from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 
 router = Router("payouts")
 
-PAGE_MAX = 10_000
 NOTE_MAX = 500
 
 
@@ -38,9 +37,7 @@ class PayoutOut(BaseModel):
     note: str
 
 
-class PayoutQuery(Schema):
-    page: int = Field(1, ge=1, le=PAGE_MAX)
-    per_page: int = Field(20, ge=1, le=100)
+class PayoutQuery(PageQuery):
     status: Status | None = None
     user_id: uuid.UUID | None = Field(None, description="Admins: one user's requests.")
 

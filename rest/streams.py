@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from server.errors import not_found
-from server.routing import Call, Router, Schema, ok, page_meta
+from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 from signaling import rooms, streams
 
 router = Router("streams")
@@ -19,7 +19,6 @@ DESCRIPTION_MAX = 5000
 CATEGORY_MAX = 64
 TAGS_MAX = 20
 TAG_MAX = 32
-PAGE_MAX = 10_000  # deep OFFSETs are slow; past this, narrow the filter instead
 AccessIn = Literal["public", "ticket", "pass", "private"]
 
 
@@ -77,19 +76,13 @@ class StreamPatch(Schema):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
-class StreamQuery(Schema):
-    page: int = Field(1, ge=1, le=PAGE_MAX)
-    per_page: int = Field(20, ge=1, le=100)
+class StreamQuery(PageQuery):
     status: Literal["created", "live", "ended", "all"] = "live"
     category: str | None = Field(None, max_length=CATEGORY_MAX)
     host_id: uuid.UUID | None = None
     sort: Literal["-started_at", "started_at", "-created_at", "created_at", "-total_tokens_received",
                   "title"] = "-started_at"
 
-
-class PageQuery(Schema):
-    page: int = Field(1, ge=1, le=PAGE_MAX)
-    per_page: int = Field(20, ge=1, le=100)
 
 
 class StreamOut(BaseModel):

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from server.routing import Call, Router, Schema, ok, page_meta
+from server.routing import Call, PageQuery, Router, ok, page_meta
 from signaling import streams, tips
 
 router = Router("tips")
 
-PAGE_MAX = 10_000
 
-
-class PageQuery(Schema):
-    page: int = Field(1, ge=1, le=PAGE_MAX)
-    per_page: int = Field(20, ge=1, le=100)
 
 
 class StreamTipOut(BaseModel):

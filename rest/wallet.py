@@ -13,12 +13,11 @@ from ledger import Code
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
 from server import appkeys, payments, wallet
-from server.routing import Call, Router, Schema, ok
+from server.routing import Call, PageQuery, Router, Schema, ok
 from signaling.tips import SCHEMA_MESSAGE_MAX, send_tip
 
 router = Router("wallet")
 
-PAGE_MAX = 10_000  # deep OFFSETs are slow; use the cursor past this
 # The ledger's codes as a Literal, not the enum: query parameters are documented inline (no $defs).
 CodeName = Literal["purchase", "tip", "fee", "booking", "refund", "payout", "reversal", "adjustment"]
 assert set(get_args(CodeName)) == {c.value for c in Code}, "CodeName lists exactly the ledger's codes"
@@ -34,9 +33,7 @@ class BalanceOut(BaseModel):
     earnings: dict[str, int] | None = Field(None, description="Performers: `available` and `reserved` earnings.")
 
 
-class TransactionsQuery(Schema):
-    page: int = Field(1, ge=1, le=PAGE_MAX)
-    per_page: int = Field(20, ge=1, le=100)
+class TransactionsQuery(PageQuery):
     cursor: int | None = Field(None, ge=1, le=INT64_MAX, description="`meta.next_cursor` of the previous page.")
     code: CodeName | None = Field(None, description="Only transfers of this ledger code.")
     since: AwareDatetime | None = Field(None, description="created_at >= since (ISO 8601 with offset).")

@@ -12,7 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import appkeys
 from .errors import ApiError
@@ -27,6 +27,16 @@ class Schema(BaseModel):
     """Base of every request schema: unknown fields are an error, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+PAGE_MAX = 10_000  # deep OFFSETs are slow: past this, narrow the filter (or follow a cursor where there is one)
+
+
+class PageQuery(Schema):
+    """`?page=&per_page=` of every paginated list (meta from `page_meta`); lists add their filters."""
+
+    page: int = Field(1, ge=1, le=PAGE_MAX)
+    per_page: int = Field(20, ge=1, le=100)
 
 
 class Empty(Schema):

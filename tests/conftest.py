@@ -19,7 +19,8 @@ from tests.services import PostgresForTests, RedisForTests
 
 _redis_dbs = itertools.count(1)
 
-pytest_plugins = ("tests.socket_support",)  # `backend` (memory | redis) and `socket_client` fixtures
+# `backend` (memory | redis) and `socket_client`; the ledger tests' `db`, `clock` and `engine`
+pytest_plugins = ("tests.socket_support", "tests.ledger_support")
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,10 @@ class TestUser:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    def keyed(self, key: str | None) -> dict[str, str]:
+        """`headers` plus `Idempotency-Key: key` (none when `key` is None; an empty one is sent)."""
+        return self.headers if key is None else {**self.headers, "Idempotency-Key": key}
+
 
 @functools.lru_cache(maxsize=16)
 def _hash(password: str, time_cost: int, memory_kib: int, parallelism: int) -> str:

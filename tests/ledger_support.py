@@ -1,12 +1,18 @@
-"""Helpers shared by the ledger tests: a controllable clock, accounts with funds, short builders."""
+"""Helpers shared by the ledger tests: a controllable clock, accounts with funds, short builders.
+
+Also the fixtures (registered in conftest): `db` (a connection; the ledger audit must pass when
+the test ends), `clock` (a FakeClock) and `engine` (started on that clock, closed after).
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from ledger import (
     SYSTEM_ACCOUNT_IDS,
@@ -17,6 +23,7 @@ from ledger import (
     Result,
     Transfer,
     TransferFlags,
+    audit,
     create_accounts,
 )
 
@@ -40,6 +47,27 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    yield conn
+    report = await audit(conn)  # every test leaves a consistent ledger behind
+    assert report.ok, report.format()
+    await conn.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def engine(dsn: str, clock: FakeClock) -> AsyncIterator[Engine]:
+    engine = await start_engine(dsn, clock=clock)
+    yield engine
+    await engine.close()
 
 
 def tid() -> uuid.UUID:

@@ -37,28 +37,16 @@ from tests.ledger_support import (
     FakeClock,
     fund,
     move,
-    start_engine,
     wallets,
 )
 
 
 @pytest.fixture
 async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """Without tests.ledger_support's closing audit: these tests check accounts, not ledgers."""
     conn = await asyncpg.connect(dsn)
     yield conn
     await conn.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def engine(dsn: str, clock: FakeClock) -> AsyncIterator[Engine]:
-    engine = await start_engine(dsn, clock=clock)
-    yield engine
-    await engine.close()
 
 
 # --- accounts ----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -39,28 +38,6 @@ from tests.ledger_support import (
     start_engine,
     wallets,
 )
-
-
-@pytest.fixture
-async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    yield conn
-    report = await audit(conn)
-    assert report.ok, report.format()
-    await conn.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def engine(dsn: str, clock: FakeClock) -> AsyncIterator[Engine]:
-    # A long collection window puts everything submitted together into one batch.
-    engine = await start_engine(dsn, clock=clock, batch_wait_ms=50)
-    yield engine
-    await engine.close()
 
 
 async def results(engine: Engine, *transfers: Transfer) -> list[Result]:

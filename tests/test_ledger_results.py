@@ -6,12 +6,10 @@ code is a rejection (counters and stored rows unchanged).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
-from ledger import Code, Engine, Result, Transfer, TransferFlags, audit
+from ledger import Code, Engine, Result, Transfer, TransferFlags
 from tests.ledger_support import (
     CLEARING,
     LINKED,
@@ -24,33 +22,11 @@ from tests.ledger_support import (
     counters,
     fund,
     move,
-    start_engine,
     tid,
     wallets,
 )
 
 SEEN: set[Result] = set()
-
-
-@pytest.fixture
-async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    yield conn
-    report = await audit(conn)  # every test leaves a consistent ledger behind
-    assert report.ok, report.format()
-    await conn.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def engine(dsn: str, clock: FakeClock) -> AsyncIterator[Engine]:
-    engine = await start_engine(dsn, clock=clock)
-    yield engine
-    await engine.close()
 
 
 async def submit(engine: Engine, *transfers: Transfer) -> list[Result]:

@@ -35,10 +35,7 @@ async def _earn(client: TestClient, performer: TestUser, amount: int) -> None:
 
 
 async def _request(client: TestClient, who: TestUser, body: Any, key: str | None = None) -> Any:
-    headers = dict(who.headers)
-    if key:
-        headers["Idempotency-Key"] = key
-    return await client.post("/v1/payouts/request", json=body, headers=headers)
+    return await client.post("/v1/payouts/request", json=body, headers=who.keyed(key))
 
 
 async def test_payout_lifecycle(client: TestClient, people: dict[str, TestUser]) -> None:
@@ -154,10 +151,7 @@ async def test_expired_payout_cannot_be_approved(client: TestClient, people: dic
 
 
 async def _adjust(client: TestClient, admin: TestUser, body: Any, key: str | None = None) -> Any:
-    headers = dict(admin.headers)
-    if key:
-        headers["Idempotency-Key"] = key
-    return await client.post("/v1/admin/wallet/adjust", json=body, headers=headers)
+    return await client.post("/v1/admin/wallet/adjust", json=body, headers=admin.keyed(key))
 
 
 async def test_admin_adjustments_are_audited(client: TestClient, people: dict[str, TestUser]) -> None:

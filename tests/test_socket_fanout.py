@@ -73,16 +73,22 @@ class RawSocket:
                 return code
 
 
+async def joined_raw_guest(client: TestClient, room: str) -> tuple[RawSocket, str]:
+    """A guest on a RawSocket, joined to `room`; returns it and its server-side connection id."""
+    raw = await RawSocket.open(client.server.port or 0, "/ws")
+    raw.send({"op": "auth", "ref": 1, "data": {}})
+    conn_id: str = (await raw.json())["data"]["conn_id"]
+    raw.send({"op": "join", "ref": 2, "room": room})
+    assert (await raw.json())["ok"]
+    return raw, conn_id
+
+
 async def test_slow_consumer_is_closed_with_bounded_memory_and_the_room_goes_on(socket_client: MakeClient) -> None:
     budget = 65_536
     client = await socket_client(ws_outbound_max_bytes=budget, ws_close_timeout_s=5.0)
     room = await public_room(client.app)
     hub = hub_of(client)
-    raw = await RawSocket.open(client.server.port or 0, "/ws")
-    raw.send({"op": "auth", "ref": 1, "data": {}})
-    conn_id = (await raw.json())["data"]["conn_id"]
-    raw.send({"op": "join", "ref": 2, "room": room})
-    assert (await raw.json())["ok"]
+    raw, conn_id = await joined_raw_guest(client, room)
     slow = hub.connections[conn_id]
     fast = await connect(client, guest=True)
     await fast.ok("join", room)
@@ -118,11 +124,7 @@ async def test_a_consumer_that_never_reads_is_dropped_after_the_close_timeout(so
     client = await socket_client(ws_outbound_max_bytes=16_384, ws_close_timeout_s=0.3)
     room = await public_room(client.app)
     hub = hub_of(client)
-    raw = await RawSocket.open(client.server.port or 0, "/ws")
-    raw.send({"op": "auth", "ref": 1, "data": {}})
-    conn_id = (await raw.json())["data"]["conn_id"]
-    raw.send({"op": "join", "ref": 2, "room": room})
-    assert (await raw.json())["ok"]
+    raw, conn_id = await joined_raw_guest(client, room)
     stuck = hub.connections[conn_id]
     for i in range(3000):
         await hub.publish(room, "bulk", {"i": i, "pad": "y" * 4000})

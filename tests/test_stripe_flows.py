@@ -60,10 +60,7 @@ def stripe_client(aiohttp_client: Any, make_settings: Callable[..., Settings],
 
 
 async def _buy(client: TestClient, user: TestUser, tokens: int = 500, key: str | None = None) -> dict[str, Any]:
-    headers = dict(user.headers)
-    if key:
-        headers["Idempotency-Key"] = key
-    resp = await client.post("/v1/wallet/buy", json={"pack_tokens": tokens}, headers=headers)
+    resp = await client.post("/v1/wallet/buy", json={"pack_tokens": tokens}, headers=user.keyed(key))
     body = await resp.json()
     assert resp.status == 201, body
     data: dict[str, Any] = body["data"]

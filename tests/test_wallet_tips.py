@@ -28,10 +28,7 @@ async def people(client: TestClient) -> dict[str, TestUser]:
 
 
 async def _tip(client: TestClient, who: TestUser, body: dict[str, Any], key: str | None = None) -> Any:
-    headers = dict(who.headers)
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return await client.post("/v1/wallet/transfer", json=body, headers=headers)
+    return await client.post("/v1/wallet/transfer", json=body, headers=who.keyed(key))
 
 
 async def test_balance_starts_empty_and_follows_the_ledger(client: TestClient, people: dict[str, TestUser]) -> None:

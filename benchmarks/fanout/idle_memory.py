@@ -18,14 +18,11 @@ import argparse
 import asyncio
 import json
 import os
-import resource
-import sys
 import time
 
 import psutil
-import uvloop
 
-from .load import machine, start_workers, stop_workers
+from .load import start_run, start_workers, stop_workers
 from .targets import TARGETS, run_server
 
 TARGET_KB = 20.0
@@ -67,13 +64,7 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.quick:
         ns.connections = min(ns.connections, 2_000)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < ns.connections + 1000:
-        sys.exit(f"open files hard limit {hard} is below {ns.connections + 1000}; raise it (ulimit -Hn)")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    info = machine()
-    print(json.dumps(info), flush=True)
+    info = start_run(ns.connections)
     rows = [asyncio.run(measure(t.strip(), ns)) for t in ns.targets.split(",") if t.strip()]
     print()
     print("| target | connections | RSS before (MB) | RSS after (MB) | KB per connection | target <= 20 KB |")

@@ -342,6 +342,23 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
+def start_run(sockets: int) -> dict[str, Any]:
+    """Set up this process for a run of `sockets` client sockets; print and return the machine.
+
+    Raises the open-files limit to its hard limit (servers and workers inherit it; exits when even
+    that is too low) and makes uvloop the event loop, as `greenroom serve` runs it.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = sockets + 1000
+    if hard < need:
+        sys.exit(f"open files hard limit {hard} is below the {need} this run needs; raise it (ulimit -Hn)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    info = machine()
+    print(json.dumps(info), flush=True)
+    return info
+
+
 def best(results: list[StepResult], target: str, n: int, sustained: bool = False) -> StepResult | None:
     """The highest passing rate below which every rate passed (once, counting the retry)."""
     steps = [r for r in results if r.target == target and r.n == n]
@@ -427,14 +444,7 @@ def main() -> None:
     pin = len(cpus) > 1 and ns.pin
     ns.server_cpus = {cpus[0]} if pin else None
     ns.client_cpus = set(cpus[1:]) if pin else None
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by servers and workers
-    need = max(sizes) + 1000
-    if hard < need:
-        sys.exit(f"open files limit {hard} is below the {need} this run needs")
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    info = machine()
-    print(json.dumps(info), flush=True)
+    info = start_run(max(sizes))
     results: list[StepResult] = []
     for target in targets:
         results += asyncio.run(run_target(target, ns, sizes, ladder))

@@ -22,14 +22,13 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
-import resource
 import sys
 import time
 from typing import Any
 
 import uvloop
 
-from .load import CONNECT_CONCURRENCY, Worker, machine, publish_for, stop_workers
+from .load import CONNECT_CONCURRENCY, Worker, publish_for, start_run, stop_workers
 from .targets import Publisher, RoomInfo, Subscription, run_server
 
 DRAIN_MAX_S = 30.0
@@ -201,13 +200,7 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.quick:
         ns.clients = min(ns.clients, 1_000)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < ns.clients + 1000:
-        sys.exit(f"open files hard limit {hard} is below {ns.clients + 1000}; raise it (ulimit -Hn)")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    info = machine()
-    print(json.dumps(info), flush=True)
+    info = start_run(ns.clients)
     result = asyncio.run(storm(ns))
     print(json.dumps(result))
     ok = result["missed"] == 0 and result["duplicated"] == 0 and result["rejoined"] == result["clients"]
