@@ -74,16 +74,10 @@ class Nodes:
             await broker.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    if request.param == "redis":
-        return "redis", request.getfixturevalue("redis_url")
-    return "memory", None
-
-
 @pytest.fixture
-async def nodes(backend: tuple[str, str | None]) -> AsyncIterator[Nodes]:
-    made = Nodes(*backend)
+async def nodes(backend: str, backend_url: str) -> AsyncIterator[Nodes]:
+    """Every test runs on both backends (`backend` and `backend_url` come from tests.socket_support)."""
+    made = Nodes(backend, backend_url or None)
     yield made
     await made.close()
 
@@ -175,7 +169,7 @@ async def test_unsubscribe_stops_delivery(nodes: Nodes) -> None:
 
 
 async def test_a_failing_handler_does_not_fail_publish_or_later_delivery(
-        backend: tuple[str, str | None]) -> None:
+        backend: str, backend_url: str) -> None:
     received = Received()
     seen: list[int] = []
 
@@ -185,7 +179,7 @@ async def test_a_failing_handler_does_not_fail_publish_or_later_delivery(
             raise RuntimeError("handler bug")
         received(channel, pub)
 
-    broker = make_broker(*backend, "flaky")
+    broker = make_broker(backend, backend_url or None, "flaky")
     await broker.start(flaky)
     try:
         await broker.subscribe("stream:f")
@@ -334,8 +328,8 @@ async def test_idempotent_publish_returns_the_first_position_and_delivers_once(n
 
 # --- subscription lifecycle ---------------------------------------------------------------------
 
-async def test_subscribing_before_start_delivers_after_start(backend: tuple[str, str | None]) -> None:
-    broker = make_broker(*backend, "early")
+async def test_subscribing_before_start_delivers_after_start(backend: str, backend_url: str) -> None:
+    broker = make_broker(backend, backend_url or None, "early")
     received = Received()
     try:
         await broker.subscribe("stream:early")

@@ -43,16 +43,10 @@ class Nodes:
             await presence.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    if request.param == "redis":
-        return "redis", request.getfixturevalue("redis_url")
-    return "memory", None
-
-
 @pytest.fixture
-async def nodes(backend: tuple[str, str | None]) -> AsyncIterator[Nodes]:
-    made = Nodes(*backend)
+async def nodes(backend: str, backend_url: str) -> AsyncIterator[Nodes]:
+    """Every test runs on both backends (`backend` and `backend_url` come from tests.socket_support)."""
+    made = Nodes(backend, backend_url or None)
     yield made
     await made.close()
 
