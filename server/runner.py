@@ -31,6 +31,15 @@ log = logging.getLogger("greenroom.runner")
 
 EXIT_UNCLEAN = 1
 
+# A stop signal that arrives while a worker is still building its app (before the event loop's
+# handlers exist) is remembered here and honoured as soon as serving would begin.
+_stop_requested = False
+
+
+def _remember_stop(_signum: int, _frame: object) -> None:
+    global _stop_requested
+    _stop_requested = True
+
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     if sys.platform != "win32":
@@ -48,19 +57,22 @@ def stop_bound_s(settings: Settings) -> float:
 async def serve_app(app: web.Application, settings: Settings, *, reuse_port: bool,
                     stop_on: tuple[signal.Signals, ...]) -> int:
     """Serve until one of `stop_on` arrives, then drain (bounded); 0 when the stop was clean."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout_s)
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_on:
         loop.add_signal_handler(sig, stop.set)  # a repeated signal changes nothing
+    if _stop_requested:
+        stop.set()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=settings.shutdown_timeout_s)
+    await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port,
-                           backlog=settings.listen_backlog)
-        await site.start()
-        log.info("worker ready", extra={"pid": os.getpid(), "port": settings.port})
-        await stop.wait()
+        if not stop.is_set():  # told to stop while starting: never bind, go straight to teardown
+            site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port,
+                               backlog=settings.listen_backlog)
+            await site.start()
+            log.info("worker ready", extra={"pid": os.getpid(), "port": settings.port})
+            await stop.wait()
         log.info("worker draining", extra={"pid": os.getpid(), "bound_s": stop_bound_s(settings)})
     finally:
         try:
@@ -81,6 +93,8 @@ def run_worker(settings: Settings, dsn: str, reuse_port: bool, pooled: bool = Fa
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure(settings.log_level)
     stop_on = (signal.SIGTERM,) if pooled else (signal.SIGTERM, signal.SIGINT)
+    for sig in stop_on:  # until serve_app puts the loop's handlers in place
+        signal.signal(sig, _remember_stop)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(serve_app(create_app(settings, dsn), settings, reuse_port=reuse_port, stop_on=stop_on))
 
@@ -149,8 +163,16 @@ def _supervise(settings: Settings, dsn: str) -> int:
             signal.signal(sig, handler)
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    codes = [p.exitcode for p in procs]
-    return 0 if all(code == 0 for code in codes) else EXIT_UNCLEAN
+    return 0 if all(_stopped_cleanly(p.exitcode, stopping) for p in procs) else EXIT_UNCLEAN
+
+
+def _stopped_cleanly(exitcode: int | None, stopping: bool) -> bool:
+    """0, or killed by the pool's own SIGTERM before the worker had a handler for it.
+
+    A worker installs its SIGTERM handler before it builds the app, so dying of SIGTERM means it
+    was still importing (spawn's bootstrap): it never served anything that could be cut short.
+    """
+    return exitcode == 0 or (stopping and exitcode == -signal.SIGTERM)
 
 
 def serve_forever(settings: Settings) -> int:
