@@ -394,6 +394,8 @@ class Hub:
                 raise ApiError("PERMISSION_DENIED", "removed from the room while joining")
             await self._arrived(room, conn, member)
         except Exception as exc:
+            if conn.rooms.get(name) is not member:  # removed (kicked, banned) while the room opened
+                raise ApiError("PERMISSION_DENIED", "removed from the room while joining") from None
             await self.leave(conn, name, announce=False)
             if isinstance(exc, ApiError):
                 raise
@@ -487,11 +489,16 @@ class Hub:
             async with self._serial(room.name):
                 await self.broker.subscribe(room.name)
             position = await self.broker.position(room.name)
-        except Exception as exc:
-            room.ready.set_exception(exc)
+        except BaseException as exc:
+            # Joins wait on `ready`, so it is settled however the open ended: a cancelled open too
+            # (`_release` cancels it when the last member went, e.g. kicked while joining).
+            failed = exc if isinstance(exc, Exception) else ConnectionError(f"{room.name} closed while opening")
+            room.ready.set_exception(failed)
             room.ready.exception()  # joins waiting on it report it; nobody else must
             if self.rooms.get(room.name) is room:
                 del self.rooms[room.name]
+            if not isinstance(exc, Exception):
+                raise
             return
         room.offset, room.epoch = position.offset, position.epoch
         room.ready.set_result(None)

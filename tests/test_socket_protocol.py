@@ -319,3 +319,30 @@ async def test_a_flooding_socket_gets_rate_limit_replies(socket_client: MakeClie
     await sock.ws.send_str("{broken")
     assert (await sock.reply(None))["error"]["code"] == "MALFORMED_JSON"
     assert not sock.ws.closed
+
+
+async def test_a_member_removed_while_its_room_opens_gets_a_reply(socket_client: MakeClient) -> None:
+    """A kick during the join empties the room, which cancels the room's opening; the join waiting
+    for that opening must still answer (it once waited forever, and with it every later op)."""
+    client = await socket_client()
+    hub = hub_of(client)
+    gate = asyncio.Event()
+    subscribe = hub.broker.subscribe
+
+    async def slow_subscribe(channel: str) -> None:
+        await gate.wait()
+        await subscribe(channel)
+
+    hub.broker.subscribe = slow_subscribe  # type: ignore[method-assign]
+    room = await public_room(client.app)
+    sock = await connect(client, guest=True)
+    await sock.send({"op": "join", "ref": 99, "room": room})
+    await eventually(lambda: room in hub.rooms and bool(hub.rooms[room].members))
+    [member] = hub.rooms[room].members
+    assert await hub.leave(member, room)  # what a kick does to a socket in the room
+    reply = await sock.reply(99)
+    assert reply["ok"] is False and reply["error"]["code"] == "PERMISSION_DENIED", reply
+    assert room not in hub.rooms
+    gate.set()
+    assert "at" in await sock.ok("ping")  # the socket goes on
+    assert (await sock.ok("join", room))["offset"] == 0  # and the room opens again
