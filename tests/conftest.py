@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,49 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+# A test app's shutdown takes well under a second; past this, every task's stack goes to stderr
+# (shown with the test's report) so that a hang names what it waits for.
+SHUTDOWN_WATCHDOG_S = 20.0
+
+
+def _awaiting(coro: Any) -> Iterator[str]:
+    """Where a suspended coroutine waits, outermost first, down its `await` chain."""
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            yield f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+
+
+def _watch_shutdown(app: web.Application) -> None:
+    handle: list[asyncio.TimerHandle] = []
+
+    def dump() -> None:
+        print(f"--- app shutdown still running after {SHUTDOWN_WATCHDOG_S}s; tasks:", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            print(f"task {task.get_name()}:", file=sys.stderr)
+            for line in _awaiting(task.get_coro()):
+                print("   ", line, file=sys.stderr)
+
+    async def start(_app: web.Application) -> None:
+        handle.append(asyncio.get_running_loop().call_later(SHUTDOWN_WATCHDOG_S, dump))
+
+    async def stop(_app: web.Application) -> None:  # after the cleanup contexts (appended later)
+        for h in handle:
+            h.cancel()
+
+    app.on_shutdown.insert(0, start)
+    app.on_cleanup.append(stop)
+
+
 @pytest.fixture
 def make_app(dsn: str) -> Callable[[Settings], web.Application]:
     from server.app import create_app
 
     def make(settings: Settings) -> web.Application:
-        return create_app(settings, dsn)
+        app = create_app(settings, dsn)
+        _watch_shutdown(app)
+        return app
 
     return make
 
