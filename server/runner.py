@@ -1,6 +1,8 @@
 """Process model: resolve services once, then one or N workers sharing the port (SO_REUSEPORT).
 
-Stopping: SIGTERM or SIGINT makes a worker stop accepting, run `app.on_shutdown` (the socket
+Stopping: SIGTERM or SIGINT during start-up (embedded PostgreSQL, migrations, a worker building
+its app) is remembered and honoured as soon as that step ends, so nothing is left half-started;
+once serving, it makes a worker stop accepting, run `app.on_shutdown` (the socket
 layer closes websockets with 1001 "going away" there), wait up to `shutdown_timeout_s` for
 in-flight requests, then tear down the lifecycle contexts (ledger batches, pools) in reverse
 order. With several workers the parent turns its SIGTERM/SIGINT into exactly one SIGTERM per
@@ -139,8 +141,11 @@ def _supervise(settings: Settings, dsn: str) -> int:
                 os.kill(p.pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopping = stopping or _stop_requested  # a signal remembered before these handlers existed
     try:
         for _ in range(settings.workers):
+            if stopping:
+                break
             worker = ctx.Process(target=_pooled_worker, args=(settings, dsn), daemon=False)
             worker.start()
             procs.append(worker)
@@ -179,8 +184,13 @@ def serve_forever(settings: Settings) -> int:
     from .services import database_dsn
 
     configure(settings.log_level)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # remembered through start-up, honoured before serving
+        signal.signal(sig, _remember_stop)
     with database_dsn(settings) as dsn:
         asyncio.run(_migrate(dsn))
+        if _stop_requested:
+            log.info("stopped before serving")
+            return 0
         log.info("serving", extra={"url": f"http://{settings.host}:{settings.port}/",
                                    "workers": settings.workers, "redis": bool(settings.redis_url)})
         if settings.workers == 1:

@@ -104,6 +104,14 @@ class ServerProcess:
                 time.sleep(0.1)
         raise AssertionError(f"server not ready in {timeout}s:\n{self.output()}")
 
+    def wait_for_line(self, text: str, within_s: float = 60.0) -> None:
+        """Poll the log until `text` appears (the process must keep running meanwhile)."""
+        deadline = time.monotonic() + within_s
+        while text not in self.output():
+            assert self.proc.poll() is None, self.output()
+            assert time.monotonic() < deadline, f"never logged {text!r}:\n{self.output()}"
+            time.sleep(0.005)
+
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 

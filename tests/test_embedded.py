@@ -81,3 +81,20 @@ def test_embedded_postgres_keeps_data_across_restarts_and_stops_with_the_server(
         second.kill()
     assert exits_soon(pg_pid), "embedded PostgreSQL outlived the server"
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def test_a_stop_while_the_embedded_server_starts_is_honoured_before_serving(tmp_path: Path) -> None:
+    """SIGTERM after PostgreSQL came up but before serving (database, migrations): remembered, then
+    a clean exit that stops PostgreSQL too; before, it killed the process and left PostgreSQL up."""
+    data_dir = tmp_path / "data"
+    srv = start(data_dir, tmp_path / "server.log")
+    try:
+        srv.wait_for_line('"msg":"embedded postgres running"', within_s=120)
+        pg_pid = postmaster_pid(data_dir)
+        srv.signal(signal.SIGTERM)
+        assert srv.wait_exit(STOP_S) == 0, srv.output()
+    finally:
+        srv.kill()
+    assert '"msg":"stopped before serving"' in srv.output()
+    assert '"msg":"serving"' not in srv.output()
+    assert exits_soon(pg_pid), "embedded PostgreSQL outlived the server"

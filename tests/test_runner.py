@@ -135,21 +135,13 @@ def test_two_workers_share_one_port_and_stop_together(tmp_path: Path, dsn: str) 
         srv.kill()
 
 
-def wait_for_line(srv: ServerProcess, text: str, within_s: float = 60.0) -> None:
-    deadline = time.monotonic() + within_s
-    while text not in srv.output():
-        assert srv.proc.poll() is None, srv.output()
-        assert time.monotonic() < deadline, f"never logged {text!r}:\n{srv.output()}"
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize("moment", ["serving", "worker ready"])
 def test_sigterm_while_workers_start_still_exits_0(tmp_path: Path, dsn: str, moment: str) -> None:
     """The parent forwards SIGTERM at once; a worker still importing or building its app must
     stop cleanly too (CI once saw exit 1 when the second worker was not serving yet)."""
     srv = server(tmp_path, dsn, "--workers", "2")
     try:
-        wait_for_line(srv, f'"msg":"{moment}"')
+        srv.wait_for_line(f'"msg":"{moment}"')
         srv.signal(signal.SIGTERM)
         assert srv.wait_exit(stop_bound_s(load_bound()) + 5) == 0, srv.output()
         assert "worker exited unexpectedly" not in srv.output()
