@@ -1,8 +1,8 @@
 """Process model: resolve services once, then one or N workers sharing the port (SO_REUSEPORT).
 
 Stopping: SIGTERM or SIGINT during start-up (embedded PostgreSQL, migrations, a worker building
-its app) is remembered and honoured as soon as that step ends, so nothing is left half-started;
-once serving, it makes a worker stop accepting, run `app.on_shutdown` (the socket
+its app) is remembered and honoured as soon as that step ends, so nothing is left half-started
+(a second Ctrl-C aborts at once); once serving, it makes a worker stop accepting, run `app.on_shutdown` (the socket
 layer closes websockets with 1001 "going away" there), wait up to `shutdown_timeout_s` for
 in-flight requests, then tear down the lifecycle contexts (ledger batches, pools) in reverse
 order. With several workers the parent turns its SIGTERM/SIGINT into exactly one SIGTERM per
@@ -38,8 +38,10 @@ EXIT_UNCLEAN = 1
 _stop_requested = False
 
 
-def _remember_stop(_signum: int, _frame: object) -> None:
+def _remember_stop(signum: int, _frame: object) -> None:
     global _stop_requested
+    if _stop_requested and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C aborts a start-up that is taking long (a bad DSN)
     _stop_requested = True
 
 

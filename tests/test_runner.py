@@ -19,7 +19,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from server import appkeys
+from server import appkeys, runner
 from server.app import create_app
 from server.runner import serve_app, stop_bound_s
 from server.settings import Settings
@@ -225,3 +225,15 @@ def test_listen_backlog_comes_from_settings(tmp_path: Path, dsn: str) -> None:
     finally:
         srv.signal(signal.SIGTERM)
         assert srv.wait_exit(30) == 0
+
+
+def test_a_stop_during_start_up_is_remembered_and_a_second_ctrl_c_aborts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "_stop_requested", False)
+    runner._remember_stop(signal.SIGTERM, None)
+    runner._remember_stop(signal.SIGTERM, None)  # a process manager repeating itself changes nothing
+    assert runner._stop_requested is True
+    monkeypatch.setattr(runner, "_stop_requested", False)
+    runner._remember_stop(signal.SIGINT, None)
+    assert runner._stop_requested is True
+    with pytest.raises(KeyboardInterrupt):
+        runner._remember_stop(signal.SIGINT, None)
