@@ -296,13 +296,16 @@ async def test_hold_and_its_post_in_one_batch_from_different_callers(engine: Eng
 
 
 async def test_sweeper_expires_due_holds_and_they_cannot_be_posted(engine: Engine, db: asyncpg.Connection,
-                                                                  clock: FakeClock) -> None:
+                                                                  clock: FakeClock, dsn: str) -> None:
     a, b = await wallets(db, 2)
     await fund(engine, a, 100)
     holds = [move(a, b, 10, Code.BOOKING, PENDING, timeout_s=30) for _ in range(5)]
     forever = move(a, b, 10, Code.BOOKING, PENDING)
     assert await results(engine, *holds, forever) == [Result.OK] * 6
-    sweeper = Sweeper(engine, db, interval_s=0.01, batch_max=2)
+    # Its own connection: once started, the sweeper queries while this test polls `db` (one
+    # connection runs one operation at a time; sharing it failed now and then in CI).
+    sweeper_db = await asyncpg.connect(dsn)
+    sweeper = Sweeper(engine, sweeper_db, interval_s=0.01, batch_max=2)
     clock.advance(29)
     assert await sweeper.sweep() == 0
     clock.advance(1)
@@ -311,13 +314,17 @@ async def test_sweeper_expires_due_holds_and_they_cannot_be_posted(engine: Engin
         [Result.PENDING_EXPIRED]
     assert await sweeper.sweep() == 2  # at most batch_max per sweep
     sweeper.start()
+    expired = 0
     try:
         for _ in range(200):
-            if await db.fetchval("SELECT count(*) FROM ledger_pending WHERE status = 'expired'") == 5:
+            expired = await db.fetchval("SELECT count(*) FROM ledger_pending WHERE status = 'expired'")
+            if expired == 5:
                 break
             await asyncio.sleep(0.02)
     finally:
         await sweeper.close()
+        await sweeper_db.close()
+    assert expired == 5
     assert await counters(db, a) == (10, 0, 0, 100)
     for hold in holds:
         assert await results(engine, move(0, 0, 0, Code.BOOKING, VOID, pending_id=hold.id)) == \
