@@ -33,8 +33,9 @@ log = logging.getLogger("greenroom.runner")
 
 EXIT_UNCLEAN = 1
 
-# A stop signal that arrives while a worker is still building its app (before the event loop's
-# handlers exist) is remembered here and honoured as soon as serving would begin.
+# A stop signal that arrives during start-up (the parent's database and migrations, a worker
+# building its app: before the event loop's handlers exist) is remembered here and honoured as
+# soon as serving would begin.
 _stop_requested = False
 
 
@@ -143,7 +144,8 @@ def _supervise(settings: Settings, dsn: str) -> int:
                 os.kill(p.pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
-    stopping = stopping or _stop_requested  # a signal remembered before these handlers existed
+    if _stop_requested:  # a signal remembered before these handlers existed
+        stopping = True
     try:
         for _ in range(settings.workers):
             if stopping:

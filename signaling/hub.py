@@ -300,9 +300,7 @@ class Hub:
         for conn in list(room.members):
             keep = guests if conn.user_id is None else conn.user_id in admitted
             if not keep:
-                removed = self._remove(conn, room.name)
-                if removed is not None:
-                    await self._after_leave(conn, *removed)
+                await self.leave(conn, room.name)
 
     async def _catch_up(self, room: Room) -> None:
         """Deliver what `room.pending` holds in order, filling gaps from history, then go live."""

@@ -124,7 +124,7 @@ class MemoryPresence:
         return len(self._rooms.get(channel, {})), len(self._users.get(channel, {}))
 
     async def counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
-        return {c: (len(self._rooms.get(c, {})), len(self._users.get(c, {}))) for c in channels}
+        return {c: await self.counts(c) for c in channels}
 
     async def nodes(self) -> list[str]:
         return [self.node_id]
