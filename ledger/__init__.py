@@ -65,11 +65,11 @@ Checking (module `audit`): `await audit(db) -> AuditReport` (`.ok`, `.checks[i].
 `.format()`), also `greenroom audit`.
 """
 
-from .accounts import account_transfers, accounts_of, balances, create_accounts, lookup_accounts
-from .audit import AuditReport, audit
-from .batcher import Engine
-from .errors import LedgerClosed, LedgerError, LedgerOverloaded, LedgerUnavailable
-from .model import (
+from ledger.accounts import account_transfers, accounts_of, balances, create_accounts, lookup_accounts
+from ledger.audit import AuditReport, audit
+from ledger.batcher import Engine
+from ledger.errors import LedgerClosed, LedgerError, LedgerOverloaded, LedgerUnavailable
+from ledger.model import (
     SYSTEM_ACCOUNT_IDS,
     Account,
     AccountFlags,
@@ -85,7 +85,7 @@ from .model import (
     TransferFlags,
     TransferRecord,
 )
-from .sweeper import Sweeper
+from ledger.sweeper import Sweeper
 
 __all__ = [
     "SYSTEM_ACCOUNT_IDS",

@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from .model import (
+from ledger.model import (
     INT64_MAX,
     PAGE_LIMIT_MAX,
     SYSTEM_ACCOUNT_IDS,

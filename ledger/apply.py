@@ -29,15 +29,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 from uuid import UUID
 
-from .model import (
-    INT64_MAX,
-    AccountFlags,
-    Code,
-    PendingStatus,
-    Result,
-    Transfer,
-    TransferFlags,
-)
+from ledger.model import INT64_MAX, AccountFlags, Code, PendingStatus, Result, Transfer, TransferFlags
 
 # Plain ints: IntFlag arithmetic builds a new enum member per operation (10x slower).
 _LINKED = int(TransferFlags.LINKED)

@@ -37,10 +37,10 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from . import store
-from .apply import AccountState, Batch
-from .errors import LedgerClosed, LedgerOverloaded, LedgerUnavailable
-from .model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer, TransferFlags
+from ledger import store
+from ledger.apply import AccountState, Batch
+from ledger.errors import LedgerClosed, LedgerOverloaded, LedgerUnavailable
+from ledger.model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer, TransferFlags
 
 log = logging.getLogger("greenroom.ledger")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import Outcome, Result
+from ledger.model import Outcome, Result
 
 
 def chain_result(outcomes: Sequence[Outcome]) -> Result:

@@ -10,7 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from .accounts import Db
+from ledger.accounts import Db
 
 
 async def owed(db: Db, user_id: UUID) -> int:

@@ -10,8 +10,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from uuid import UUID
 
-from .accounts import Db, create_accounts
-from .model import SYSTEM_ACCOUNT_IDS, AccountKind, NewAccount
+from ledger.accounts import Db, create_accounts
+from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, NewAccount
 
 
 class AccountDirectory:

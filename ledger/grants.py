@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from .accounts import Db, create_accounts
-from .batcher import Engine
-from .model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, NewAccount, Result, Transfer
+from ledger.accounts import Db, create_accounts
+from ledger.batcher import Engine
+from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, NewAccount, Result, Transfer
 
 PROMOTIONS = SYSTEM_ACCOUNT_IDS[AccountKind.PROMOTIONS]
 REASON_MAX_CHARS = 500

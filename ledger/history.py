@@ -19,8 +19,8 @@ from uuid import UUID
 
 import orjson
 
-from .accounts import Db
-from .model import INT64_MAX, Code, PendingStatus, TransferFlags
+from ledger.accounts import Db
+from ledger.model import INT64_MAX, Code, PendingStatus, TransferFlags
 
 _PENDING, _POST, _VOID = int(TransferFlags.PENDING), int(TransferFlags.POST_PENDING), int(TransferFlags.VOID_PENDING)
 

@@ -19,11 +19,11 @@ from uuid import UUID
 
 import asyncpg
 
-from .accounts import Db
-from .batcher import Engine
-from .directory import AccountDirectory
-from .ids import derived_id
-from .model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
+from ledger.accounts import Db
+from ledger.batcher import Engine
+from ledger.directory import AccountDirectory
+from ledger.ids import derived_id
+from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
 
 Status = Literal["pending", "approved", "rejected", "expired"]
 # The hold's status (ledger_pending) as a payout status.

@@ -31,13 +31,13 @@ from uuid import UUID
 
 import asyncpg
 
-from . import debts
-from .accounts import balances
-from .batcher import Engine
-from .chain import chain_result
-from .directory import AccountDirectory
-from .ids import derived_id
-from .model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
+from ledger import debts
+from ledger.accounts import balances
+from ledger.batcher import Engine
+from ledger.chain import chain_result
+from ledger.directory import AccountDirectory
+from ledger.ids import derived_id
+from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
 
 Reason = Literal["refund", "dispute"]
 CLEARING = SYSTEM_ACCOUNT_IDS[AccountKind.PAYMENT_CLEARING]

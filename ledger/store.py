@@ -29,8 +29,8 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from .apply import ROW_CREDIT, ROW_DEBIT, AccountState, Batch, PendingState, Stored
-from .model import INT64_MAX, Code, PendingStatus
+from ledger.apply import ROW_CREDIT, ROW_DEBIT, AccountState, Batch, PendingState, Stored
+from ledger.model import INT64_MAX, Code, PendingStatus
 
 _HOLD_ACCOUNTS = """
 SELECT t.debit_account_id, t.credit_account_id

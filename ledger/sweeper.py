@@ -13,9 +13,9 @@ import logging
 
 import asyncpg
 
-from .batcher import Engine
-from .errors import LedgerError
-from .model import Result
+from ledger.batcher import Engine
+from ledger.errors import LedgerError
+from ledger.model import Result
 
 log = logging.getLogger("greenroom.ledger")
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from .batcher import Engine
-from .chain import chain_result
-from .directory import AccountDirectory
-from .ids import derived_id
-from .model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
+from ledger.batcher import Engine
+from ledger.chain import chain_result
+from ledger.directory import AccountDirectory
+from ledger.ids import derived_id
+from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
 
 BPS_DENOMINATOR = 10_000
 

@@ -8,13 +8,12 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from rest.user_fields import Country, DateOfBirth, DisplayName, Email, Username
 from server import appkeys, sessions, users
 from server.errors import ApiError, forbidden
 from server.routing import Call, Router, Schema, json_response, ok
 from server.settings import Settings
 from server.tokens import token_service
-
-from .user_fields import Country, DateOfBirth, DisplayName, Email, Username
 
 router = Router("auth")
 

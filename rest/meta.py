@@ -12,6 +12,6 @@ router = Router("meta")
 
 @router.get("/v1/openapi.json", summary="This API's OpenAPI 3.1 document", auth="public", rate="none")
 async def openapi(call: Call[None]) -> web.StreamResponse:
-    from . import ROUTERS
+    from rest import ROUTERS
 
     return json_response(build_openapi(ROUTERS))

@@ -8,13 +8,12 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
 
+from rest.auth import UserOut
+from rest.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
 from server import appkeys, users
 from server.errors import not_found
 from server.routing import Call, Router, Schema, ok
 from server.tokens import token_service
-
-from .auth import UserOut
-from .user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
 
 router = Router("users")
 

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import appkeys
-from .identity import Identity
-from .metrics import UNMATCHED
+from server import appkeys
+from server.identity import Identity
+from server.metrics import UNMATCHED
 
 log = logging.getLogger("greenroom.access")
 

@@ -13,19 +13,19 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from . import appkeys
-from .access import access_middleware
-from .auth import auth_context
-from .db import create_pool
-from .errors import ApiError
-from .ledger_service import ledger_context
-from .metrics import Metrics
-from .migrator import migrate
-from .ratelimit import MemoryLimiter, RedisLimiter
-from .routing import json_response
-from .settings import Settings
-from .wallet_service import wallet_context
-from .web import add_web_routes
+from server import appkeys
+from server.access import access_middleware
+from server.auth import auth_context
+from server.db import create_pool
+from server.errors import ApiError
+from server.ledger_service import ledger_context
+from server.metrics import Metrics
+from server.migrator import migrate
+from server.ratelimit import MemoryLimiter, RedisLimiter
+from server.routing import json_response
+from server.settings import Settings
+from server.wallet_service import wallet_context
+from server.web import add_web_routes
 
 log = logging.getLogger("greenroom.http")
 
@@ -90,10 +90,9 @@ async def freeze_startup_heap(app: web.Application) -> None:
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """Build the application for one worker; `dsn` is the resolved PostgreSQL DSN."""
     from rest import ROUTERS
+    from server.routing import mount
     from signaling.endpoint import setup_socket
     from signaling.retention import retention_context
-
-    from .routing import mount
 
     # The access log is outermost so it records the status the error middleware settled on.
     app = web.Application(client_max_size=settings.max_body_bytes,

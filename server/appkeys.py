@@ -9,20 +9,19 @@ from aiohttp import web
 
 from ledger import Engine
 from ledger.directory import AccountDirectory
+from server.identity import Authenticator
+from server.limits import Limiter
+from server.metrics import Metrics
+from server.settings import Settings
 from signaling.broker import Broker
 from signaling.hub import Hub
 from signaling.presence import Presence
 from signaling.tip_recorder import TipRecorder
 
-from .identity import Authenticator
-from .limits import Limiter
-from .metrics import Metrics
-from .settings import Settings
-
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from .payments import StripeGateway
+    from server.payments import StripeGateway
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)

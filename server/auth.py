@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import appkeys
-from .passwords import passwords_for
-from .sessions import purge_expired
-from .tokens import TokenService
+from server import appkeys
+from server.passwords import passwords_for
+from server.sessions import purge_expired
+from server.tokens import TokenService
 
 log = logging.getLogger("greenroom.auth")
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, load_settings
 
 Command = Callable[[Settings, argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -26,9 +26,9 @@ def command(name: str, help_text: str,
 
 def run_async(settings: Settings, body: Callable[[str], Coroutine[Any, Any, int]]) -> int:
     """Run `body(dsn)` against the configured or embedded database (migrated first)."""
-    from .db import connect
-    from .migrator import migrate
-    from .services import database_dsn
+    from server.db import connect
+    from server.migrator import migrate
+    from server.services import database_dsn
 
     async def main(dsn: str) -> int:
         conn = await connect(dsn)
@@ -50,7 +50,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 @command("serve", "run the server", _serve_args)
 def serve(settings: Settings, ns: argparse.Namespace) -> int:
-    from .runner import serve_forever
+    from server.runner import serve_forever
 
     return serve_forever(settings)
 
@@ -66,7 +66,7 @@ def migrate_cmd(settings: Settings, ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     # Importing the modules that register commands (kept here so `--help` lists them all).
-    from . import cli_commands  # noqa: F401
+    from server import cli_commands  # noqa: F401
 
     parser = argparse.ArgumentParser(prog="greenroom", description=__doc__)
     parser.add_argument("--data-dir", help="data directory (embedded PostgreSQL, keys)")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ledger import audit
-
-from .cli import command, run_async
-from .db import connect
-from .settings import Settings
+from server.cli import command, run_async
+from server.db import connect
+from server.settings import Settings
 
 
 @command("audit", "check every ledger invariant over the whole database (exit 1 when one fails)")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import command, run_async
-from .db import connect
-from .errors import ApiError
-from .identity import ROLES
-from .settings import Settings
-from .tokens import ensure_keys
-from .users import create_user
+from server.cli import command, run_async
+from server.db import connect
+from server.errors import ApiError
+from server.identity import ROLES
+from server.settings import Settings
+from server.tokens import ensure_keys
+from server.users import create_user
 
 
 def _users_args(p: argparse.ArgumentParser) -> None:

@@ -15,13 +15,12 @@ from aiohttp import web
 
 from ledger.grants import grant_tokens
 from ledger.model import Result
+from server import appkeys
+from server.cli import command, run_async
+from server.identity import Identity, Role
+from server.settings import Settings
+from server.users import create_user
 from signaling import rooms, streams
-
-from . import appkeys
-from .cli import command, run_async
-from .identity import Identity, Role
-from .settings import Settings
-from .users import create_user
 
 NAMESPACE = uuid.UUID("6f1d3a52-2b1e-4a53-9d0e-6b7b8f0c9a11")
 PASSWORD = "greenroom-demo-2026"
@@ -85,7 +84,7 @@ async def seed(app: web.Application) -> dict[str, object]:
 
 
 async def run_seed(settings: Settings, dsn: str) -> dict[str, object]:
-    from .app import create_app
+    from server.app import create_app
 
     app = create_app(settings, dsn)
     runner = web.AppRunner(app)

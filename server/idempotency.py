@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import appkeys
-from .errors import ApiError
+from server import appkeys
+from server.errors import ApiError
 
 if TYPE_CHECKING:
-    from .routing import Call
+    from server.routing import Call
 
 KEY_TTL_S = 24 * 3600
 MAX_KEY_CHARS = 255
@@ -26,7 +26,7 @@ MAX_KEY_CHARS = 255
 
 async def run_idempotent(call: Call[Any],
                          handler: Callable[[Call[Any]], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    from .routing import client_ip
+    from server.routing import client_ip
 
     request = call.request
     key = request.headers["Idempotency-Key"].strip()
@@ -58,7 +58,7 @@ async def run_idempotent(call: Call[Any],
         response = await handler(call)
     except ApiError as exc:
         if exc.status < 500:
-            from .routing import dumps
+            from server.routing import dumps
             await _store(db, scope, key, exc.status, dumps(exc.body()))
         else:
             await _forget(db, scope, key)

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from ledger import Engine, Sweeper
-
-from . import appkeys
-from .settings import Settings
+from server import appkeys
+from server.settings import Settings
 
 
 def make_engine(settings: Settings, dsn: str) -> Engine:

@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from . import __version__
-from .errors import STATUS
-from .routing import Route, Router
+from server import __version__
+from server.errors import STATUS
+from server.routing import Route, Router
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 REF = "#/components/schemas/{model}"

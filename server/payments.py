@@ -30,12 +30,11 @@ import stripe
 from aiohttp import web
 
 from ledger import purchases
-
-from . import appkeys
-from .errors import ApiError
-from .identity import Identity
-from .outcomes import ledger_call
-from .settings import Settings
+from server import appkeys
+from server.errors import ApiError
+from server.identity import Identity
+from server.outcomes import ledger_call
+from server.settings import Settings
 
 log = logging.getLogger("greenroom.payments")
 

@@ -14,10 +14,10 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import appkeys
-from .errors import ApiError
-from .identity import Identity, Role, bearer_token
-from .limits import Category, budget
+from server import appkeys
+from server.errors import ApiError
+from server.identity import Identity, Role, bearer_token
+from server.limits import Category, budget
 
 AuthMode = Literal["public", "optional", "user"]
 B = TypeVar("B")
@@ -228,7 +228,7 @@ def _parse_query(request: web.Request, route: Route) -> Any:
 
 
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    from .idempotency import run_idempotent
+    from server.idempotency import run_idempotent
 
     async def handle(request: web.Request) -> web.StreamResponse:
         request[appkeys.ROUTE] = f"{route.method} {route.path}"

@@ -26,8 +26,8 @@ from multiprocessing.process import BaseProcess
 
 from aiohttp import web
 
-from .logs import configure
-from .settings import Settings
+from server.logs import configure
+from server.settings import Settings
 
 log = logging.getLogger("greenroom.runner")
 
@@ -92,7 +92,7 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
 
 def run_worker(settings: Settings, dsn: str, reuse_port: bool, pooled: bool = False) -> int:
     """One worker: build the app and serve until told to stop."""
-    from .app import create_app
+    from server.app import create_app
 
     if pooled:  # the parent forwards Ctrl-C as SIGTERM; see the module docstring
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -109,8 +109,8 @@ def _pooled_worker(settings: Settings, dsn: str) -> None:
 
 
 async def _migrate(dsn: str) -> None:
-    from .db import connect
-    from .migrator import migrate
+    from server.db import connect
+    from server.migrator import migrate
 
     conn = await connect(dsn)
     try:
@@ -125,7 +125,7 @@ def _supervise(settings: Settings, dsn: str) -> int:
     """Start the workers; stop them all on a signal or when one dies; 0 only if all stopped cleanly."""
     from prometheus_client.multiprocess import mark_process_dead
 
-    from .metrics import MULTIPROC_ENV
+    from server.metrics import MULTIPROC_ENV
 
     # Workers record metrics into files here, so a scrape answered by any one of them sums them all.
     metrics_dir = tempfile.mkdtemp(prefix="greenroom-metrics-")
@@ -185,7 +185,7 @@ def _stopped_cleanly(exitcode: int | None, stopping: bool) -> bool:
 
 
 def serve_forever(settings: Settings) -> int:
-    from .services import database_dsn
+    from server.services import database_dsn
 
     configure(settings.log_level)
     for sig in (signal.SIGTERM, signal.SIGINT):  # remembered through start-up, honoured before serving

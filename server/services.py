@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .embedded import EmbeddedPostgres, ensure_database
-from .settings import Settings
+from server.embedded import EmbeddedPostgres, ensure_database
+from server.settings import Settings
 
 
 @contextmanager

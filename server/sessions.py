@@ -18,10 +18,10 @@ from typing import Literal, TypeAlias
 
 import asyncpg
 
-from .errors import ApiError
-from .identity import Role
-from .settings import Settings
-from .tokens import TokenService
+from server.errors import ApiError
+from server.identity import Role
+from server.settings import Settings
+from server.tokens import TokenService
 
 Reason = Literal["logout", "reuse", "disabled", "evicted"]
 DB: TypeAlias = asyncpg.Pool | asyncpg.Connection

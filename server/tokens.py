@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
-from . import appkeys
-from .errors import ApiError
-from .identity import ROLES, Identity, Role
-from .settings import Settings
+from server import appkeys
+from server.errors import ApiError
+from server.identity import ROLES, Identity, Role
+from server.settings import Settings
 
 log = logging.getLogger("greenroom.auth")
 

@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
-from . import sessions
-from .errors import ApiError, forbidden, not_found
-from .identity import ROLES, Identity, Role
-from .passwords import check_policy, passwords_for
-from .settings import Settings
-from .tokens import TokenService
+from server import sessions
+from server.errors import ApiError, forbidden, not_found
+from server.identity import ROLES, Identity, Role
+from server.passwords import check_policy, passwords_for
+from server.settings import Settings
+from server.tokens import TokenService
 
 Status = Literal["active", "suspended", "banned"]
 STATUSES: tuple[Status, ...] = get_args(Status)

@@ -20,11 +20,10 @@ from ledger import AccountKind, Code, Result, accounts_of, audit, debts
 from ledger.grants import adjust_tokens
 from ledger.history import Movement, movements
 from ledger.payouts import Payout, Status, get_payout, list_payouts, request_payout, resolve_payout
-
-from . import appkeys, audit_log
-from .errors import ApiError, forbidden, not_found
-from .identity import Identity
-from .outcomes import ledger_call, ledger_error, require_applied
+from server import appkeys, audit_log
+from server.errors import ApiError, forbidden, not_found
+from server.identity import Identity
+from server.outcomes import ledger_call, ledger_error, require_applied
 
 _DESCRIPTIONS = {
     "tip_sent": "Tip to performer",

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ledger.directory import AccountDirectory
+from server import appkeys
+from server.payments import StripeGateway
 from signaling.tip_recorder import TipRecorder
-
-from . import appkeys
-from .payments import StripeGateway
 
 
 async def wallet_context(app: web.Application) -> AsyncIterator[None]:

@@ -13,11 +13,10 @@ import secrets
 from redis.asyncio import Redis
 
 from server.settings import Settings
-
-from .broker import Broker, HistoryPolicy
-from .memory_broker import MemoryBroker
-from .presence import MemoryPresence, Presence, RedisPresence
-from .redis_broker import RedisBroker
+from signaling.broker import Broker, HistoryPolicy
+from signaling.memory_broker import MemoryBroker
+from signaling.presence import MemoryPresence, Presence, RedisPresence
+from signaling.redis_broker import RedisBroker
 
 
 def new_node_id() -> str:

@@ -21,9 +21,8 @@ from server import appkeys
 from server.errors import ApiError, forbidden, not_found
 from server.identity import Identity
 from server.limits import Budget
-
-from . import rooms
-from .protocol import OpContext, OpData, op
+from signaling import rooms
+from signaling.protocol import OpContext, OpData, op
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # Settings cap `chat_max_chars` at 10,000; the schema refuses anything longer before it is decoded further.

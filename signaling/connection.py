@@ -23,8 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .frames import text_frame
-from .protocol import CLOSE_REASONS, Close
+from signaling.frames import text_frame
+from signaling.protocol import CLOSE_REASONS, Close
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -32,12 +32,11 @@ from pydantic import ValidationError
 from server import appkeys
 from server.errors import ApiError
 from server.routing import client_ip, validation_details
-
-from . import rooms
-from .backend import create_broker, create_presence, new_node_id
-from .connection import Connection
-from .hub import Hub
-from .protocol import MAX_REF, OPS, Close, Envelope, OpContext, reply_error, reply_ok
+from signaling import rooms
+from signaling.backend import create_broker, create_presence, new_node_id
+from signaling.connection import Connection
+from signaling.hub import Hub
+from signaling.protocol import MAX_REF, OPS, Close, Envelope, OpContext, reply_error, reply_ok
 
 log = logging.getLogger("greenroom.socket")
 

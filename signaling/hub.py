@@ -44,12 +44,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from server.errors import ApiError
-
-from .broker import Broker, Publication, StreamPosition
-from .connection import Connection, Membership, Outbox
-from .frames import text_frame
-from .presence import Presence
-from .protocol import Close, event_body, event_payload
+from signaling.broker import Broker, Publication, StreamPosition
+from signaling.connection import Connection, Membership, Outbox
+from signaling.frames import text_frame
+from signaling.presence import Presence
+from signaling.protocol import Close, event_body, event_payload
 
 if TYPE_CHECKING:
     from server.metrics import Metrics

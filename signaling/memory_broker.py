@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .broker import (
+from signaling.broker import (
     IDEMPOTENT_TTL_S,
     HistoryPolicy,
     HistoryResult,

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import Field, StrictInt
 
-from . import rooms
-from .chat import UUID_PATTERN
-from .protocol import OpContext, OpData, op
+from signaling import rooms
+from signaling.chat import UUID_PATTERN
+from signaling.protocol import OpContext, OpData, op
 
 REASON_MAX_CHARS = 500
 

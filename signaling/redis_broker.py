@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .broker import (
+from signaling.broker import (
     IDEMPOTENT_TTL_S,
     HistoryPolicy,
     HistoryResult,
@@ -44,8 +44,8 @@ from .broker import (
     PublicationHandler,
     StreamPosition,
 )
-from .memory_broker import new_epoch
-from .redis_keys import binary_client, channel_of, connection_kwargs, pubsub_channel, room_key
+from signaling.memory_broker import new_epoch
+from signaling.redis_keys import binary_client, channel_of, connection_kwargs, pubsub_channel, room_key
 
 log = logging.getLogger("greenroom.broker")
 

@@ -13,10 +13,9 @@ from pydantic import Field, StrictInt
 
 from server import appkeys
 from server.errors import ApiError
-
-from . import rooms
-from .broker import StreamPosition
-from .protocol import Close, OpContext, OpData, op
+from signaling import rooms
+from signaling.broker import StreamPosition
+from signaling.protocol import Close, OpContext, OpData, op
 
 
 class AuthData(OpData):

@@ -19,9 +19,8 @@ from aiohttp import web
 from server import appkeys
 from server.errors import ApiError, forbidden, not_found
 from server.identity import Identity
-
-from . import rooms
-from .rooms import Access
+from signaling import rooms
+from signaling.rooms import Access
 
 Status = Literal["created", "live", "ended"]
 SORTS: dict[str, str] = {

@@ -33,11 +33,10 @@ from server.errors import ApiError, forbidden, not_found
 from server.identity import Identity
 from server.limits import budget
 from server.outcomes import ledger_call, ledger_error
-
-from . import rooms, streams
-from .chat import UUID_PATTERN, clean_text
-from .protocol import OpContext, OpData, op
-from .tip_recorder import RecorderFull, StreamTip
+from signaling import rooms, streams
+from signaling.chat import UUID_PATTERN, clean_text
+from signaling.protocol import OpContext, OpData, op
+from signaling.tip_recorder import RecorderFull, StreamTip
 
 # The schema's own cap; `tip_message_max_chars` (at most 1000) is checked after cleaning.
 SCHEMA_MESSAGE_MAX = 1000

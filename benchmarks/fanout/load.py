@@ -42,8 +42,8 @@ from typing import Any
 import psutil
 import uvloop
 
-from .latency import BUCKETS, SCALE, Histogram
-from .targets import MARK, TARGETS, Publisher, RoomInfo, Subscription, run_server
+from fanout.latency import BUCKETS, SCALE, Histogram
+from fanout.targets import MARK, TARGETS, Publisher, RoomInfo, Subscription, run_server
 
 # Deliveries per second the publisher aims at, step by step (messages/s = deliveries / N).
 LADDER = (1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 25_000, 30_000, 35_000, 40_000, 50_000,
