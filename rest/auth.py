@@ -9,10 +9,11 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from rest.user_fields import Country, DateOfBirth, DisplayName, Email, Username
-from server import appkeys, sessions, users
-from server.errors import ApiError, forbidden
+from server import sessions, users
+from server.kernel import keys
+from server.kernel.errors import ApiError, forbidden
+from server.kernel.settings import Settings
 from server.routing import Call, Router, Schema, json_response, ok
-from server.settings import Settings
 from server.tokens import token_service
 
 router = Router("auth")
@@ -85,8 +86,8 @@ async def register(call: Call[RegisterBody]) -> web.StreamResponse:
     b = call.body
     if b.role == "admin":
         raise forbidden("admin accounts are created with the CLI or by an admin")
-    settings = call.app[appkeys.SETTINGS]
-    pool = call.app[appkeys.DB]
+    settings = call.app[keys.SETTINGS]
+    pool = call.app[keys.DB]
     user = await users.create_user(pool, settings, email=b.email, password=b.password, display_name=b.display_name,
                                    role=b.role, username=b.username, country=b.country,
                                    date_of_birth=b.date_of_birth)
@@ -97,8 +98,8 @@ async def register(call: Call[RegisterBody]) -> web.StreamResponse:
 @router.post("/v1/auth/login", summary="Exchange email and password for tokens",
              body=LoginBody, response=TokenOut, auth="public", rate="auth")
 async def login(call: Call[LoginBody]) -> web.StreamResponse:
-    settings = call.app[appkeys.SETTINGS]
-    pool = call.app[appkeys.DB]
+    settings = call.app[keys.SETTINGS]
+    pool = call.app[keys.DB]
     user = await users.authenticate_password(pool, settings, call.body.email, call.body.password)
     session = await sessions.start_session(pool, token_service(call.app), user.id, user.role)
     return ok(token_json(settings, session, user))
@@ -107,22 +108,22 @@ async def login(call: Call[LoginBody]) -> web.StreamResponse:
 @router.post("/v1/auth/refresh", summary="Spend a refresh token for a new token pair (rotation)",
              body=RefreshBody, response=TokenOut, auth="public", rate="auth")
 async def refresh(call: Call[RefreshBody]) -> web.StreamResponse:
-    pool = call.app[appkeys.DB]
+    pool = call.app[keys.DB]
     session = await sessions.refresh_session(pool, token_service(call.app), call.body.refresh_token)
     user = await users.get_user(pool, session.user_id)
-    return ok(token_json(call.app[appkeys.SETTINGS], session, user))
+    return ok(token_json(call.app[keys.SETTINGS], session, user))
 
 
 @router.post("/v1/auth/logout", summary="Revoke the session of this refresh token (and its rotations)",
              body=RefreshBody, response=LogoutOut, auth="public", rate="auth")
 async def logout(call: Call[RefreshBody]) -> web.StreamResponse:
     # Answers alike for a live and an unknown token (revocation is idempotent, RFC 7009).
-    await sessions.end_session(call.app[appkeys.DB], call.body.refresh_token)
+    await sessions.end_session(call.app[keys.DB], call.body.refresh_token)
     return ok({"logged_out": True})
 
 
 async def _me(call: Call[None]) -> web.StreamResponse:
-    user = await users.find_user(call.app[appkeys.DB], call.user.user_id)
+    user = await users.find_user(call.app[keys.DB], call.user.user_id)
     if user is None:
         raise ApiError("INVALID_TOKEN", "the account of this token no longer exists")
     return ok(user.private())

@@ -16,7 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from server import __version__, appkeys
+from server import __version__
+from server.kernel import keys
 from server.routing import Call, Router, ok
 
 router = Router("monitoring")
@@ -60,14 +61,14 @@ def _iso(ts: float) -> str:
 
 
 def _uptime(app: web.Application) -> float:
-    return round(time.time() - app[appkeys.STARTED_AT], 3)
+    return round(time.time() - app[keys.STARTED_AT], 3)
 
 
 async def _probe_postgres(app: web.Application) -> ServiceHealth:
-    timeout = app[appkeys.SETTINGS].health_timeout_s
+    timeout = app[keys.SETTINGS].health_timeout_s
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(timeout), app[appkeys.DB].acquire() as conn:
+        async with asyncio.timeout(timeout), app[keys.DB].acquire() as conn:
             await conn.fetchval("SELECT 1")
     except Exception as exc:  # whatever breaks the probe (asyncpg has several roots) means unhealthy
         return ServiceHealth(status="unhealthy", error=type(exc).__name__)
@@ -75,10 +76,10 @@ async def _probe_postgres(app: web.Application) -> ServiceHealth:
 
 
 async def _probe_redis(app: web.Application) -> ServiceHealth:
-    client = appkeys.redis_of(app)
+    client = keys.redis_of(app)
     if client is None:
         return ServiceHealth(status="disabled")
-    timeout = app[appkeys.SETTINGS].health_timeout_s
+    timeout = app[keys.SETTINGS].health_timeout_s
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
@@ -117,7 +118,7 @@ async def monitoring_health(call: Call[None]) -> web.StreamResponse:
 @router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition)",
             auth="public", rate="none")
 async def metrics(call: Call[None]) -> web.StreamResponse:
-    body, content_type = call.app[appkeys.METRICS].render(call.request.headers.get("Accept"))
+    body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -125,15 +126,15 @@ async def metrics(call: Call[None]) -> web.StreamResponse:
             response=Status, auth="public", rate="none")
 async def status(call: Call[None]) -> web.StreamResponse:
     app = call.app
-    settings = app[appkeys.SETTINGS]
-    pool = app.get(appkeys.DB)
-    metrics = app[appkeys.METRICS]
+    settings = app[keys.SETTINGS]
+    pool = app.get(keys.DB)
+    metrics = app[keys.METRICS]
     size = pool.get_size() if pool is not None else 0
     counts = StatusCounts(open_sockets=metrics.open_websockets, db_pool_size=size,
                           db_pool_in_use=size - pool.get_idle_size() if pool is not None else 0,
                           ledger_queue_depth=metrics.ledger_queue_depth)
     report: dict[str, Any] = Status(
-        version=__version__, uptime_s=_uptime(app), started_at=_iso(app[appkeys.STARTED_AT]),
-        mode="redis" if appkeys.redis_of(app) is not None else "single-node", workers=settings.workers,
+        version=__version__, uptime_s=_uptime(app), started_at=_iso(app[keys.STARTED_AT]),
+        mode="redis" if keys.redis_of(app) is not None else "single-node", workers=settings.workers,
         pid=os.getpid(), counts=counts).model_dump()
     return ok(report)

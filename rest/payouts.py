@@ -12,7 +12,7 @@ from ledger.ids import derived_id
 from ledger.model import INT64_MAX
 from ledger.payouts import Status
 from server import wallet
-from server.errors import not_found
+from server.kernel.errors import not_found
 from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 
 router = Router("payouts")

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
-from server.errors import not_found
+from server.kernel.errors import not_found
 from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 from signaling import rooms, streams
 

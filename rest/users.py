@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
 
 from rest.auth import UserOut
 from rest.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
-from server import appkeys, users
-from server.errors import not_found
+from server import users
+from server.kernel import keys
+from server.kernel.errors import not_found
 from server.routing import Call, Router, Schema, ok
 from server.tokens import token_service
 
@@ -72,7 +73,7 @@ def _user_id(call: Call[Any]) -> uuid.UUID:
 @router.patch("/v1/me", summary="Change the caller's profile (display name, bio, avatar URL, ...)",
               body=UserPatch, response=UserOut)
 async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
-    user = await users.update_user(call.app[appkeys.DB], call.user, call.user.user_id, call.body.changes(),
+    user = await users.update_user(call.app[keys.DB], call.user, call.user.user_id, call.body.changes(),
                                    token_service(call.app))
     return ok(user.private())
 
@@ -80,14 +81,14 @@ async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
 @router.get("/v1/users/{id}", summary="A user's profile (public fields; owners and admins see all)",
             response=PublicUserOut)
 async def get_user(call: Call[None]) -> web.StreamResponse:
-    user = await users.get_visible_user(call.app[appkeys.DB], call.user, _user_id(call))
+    user = await users.get_visible_user(call.app[keys.DB], call.user, _user_id(call))
     return ok(user.view_for(call.user))
 
 
 @router.patch("/v1/users/{id}", summary="Change a profile (own, or any as admin; admins set role and status)",
               body=UserPatch, response=PublicUserOut)
 async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
-    user = await users.update_user(call.app[appkeys.DB], call.user, _user_id(call), call.body.changes(),
+    user = await users.update_user(call.app[keys.DB], call.user, _user_id(call), call.body.changes(),
                                    token_service(call.app))
     return ok(user.view_for(call.user))
 
@@ -95,13 +96,13 @@ async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
 @router.get("/v1/users/{id}/preferences", summary="A user's preferences (own, or any as admin)",
             response=Preferences)
 async def get_preferences(call: Call[None]) -> web.StreamResponse:
-    prefs = await users.get_preferences(call.app[appkeys.DB], call.user, _user_id(call))
+    prefs = await users.get_preferences(call.app[keys.DB], call.user, _user_id(call))
     return ok(prefs)
 
 
 @router.patch("/v1/users/{id}/preferences", summary="Merge changes into a user's preferences (RFC 7386)",
               body=Preferences, response=Preferences)
 async def patch_preferences(call: Call[Preferences]) -> web.StreamResponse:
-    prefs = await users.update_preferences(call.app[appkeys.DB], call.app[appkeys.SETTINGS], call.user,
+    prefs = await users.update_preferences(call.app[keys.DB], call.app[keys.SETTINGS], call.user,
                                            _user_id(call), call.body.root)
     return ok(prefs)

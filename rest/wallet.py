@@ -12,7 +12,8 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt
 from ledger import Code
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
-from server import appkeys, payments, wallet
+from server import payments, wallet
+from server.kernel import keys
 from server.routing import Call, PageQuery, Router, Schema, ok
 from signaling.tips import SCHEMA_MESSAGE_MAX, send_tip
 
@@ -122,7 +123,7 @@ async def transfer(call: Call[TransferIn]) -> web.StreamResponse:
 
 @router.get("/v1/wallet/packs", summary="Token packs on sale", response=PackOut, list_response=True, auth="optional")
 async def list_packs(call: Call[None]) -> web.StreamResponse:
-    settings = call.app[appkeys.SETTINGS]
+    settings = call.app[keys.SETTINGS]
     return ok([{"tokens": t, "price": p, "currency": settings.currency} for t, p in sorted(settings.packs.items())])
 
 

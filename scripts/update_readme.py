@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rest import ROUTERS  # noqa: E402
-from server.settings import settings_table  # noqa: E402
+from server.kernel.settings import settings_table  # noqa: E402
 
 WHO = {"public": "anyone", "optional": "anyone (more when signed in)", "user": "signed-in user"}
 

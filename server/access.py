@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server import appkeys
-from server.identity import Identity
-from server.metrics import UNMATCHED
+from server.kernel import keys
+from server.kernel.identity import Identity
+from server.kernel.metrics import UNMATCHED
 
 log = logging.getLogger("greenroom.access")
 
@@ -49,11 +49,11 @@ async def access_middleware(request: web.Request,
         route = route_template(request)
         app = request.app
         # A websocket's "latency" is its lifetime: counted, not timed.
-        app[appkeys.METRICS].observe_request(request.method, route, status, None if websocket else elapsed)
-        if app[appkeys.SETTINGS].access_log:
-            identity = request.get(appkeys.IDENTITY)
+        app[keys.METRICS].observe_request(request.method, route, status, None if websocket else elapsed)
+        if app[keys.SETTINGS].access_log:
+            identity = request.get(keys.IDENTITY)
             log.info("request", extra={
-                "request_id": request.get(appkeys.REQUEST_ID),
+                "request_id": request.get(keys.REQUEST_ID),
                 "user_id": str(identity.user_id) if isinstance(identity, Identity) else None,
                 "method": request.method,
                 "route": route,

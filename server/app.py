@@ -13,17 +13,17 @@ from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from server import appkeys
 from server.access import access_middleware
 from server.auth import auth_context
 from server.db import create_pool
-from server.errors import ApiError
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from server.kernel.metrics import Metrics
+from server.kernel.settings import Settings
 from server.ledger_service import ledger_context
-from server.metrics import Metrics
 from server.migrator import migrate
 from server.ratelimit import MemoryLimiter, RedisLimiter
 from server.routing import json_response
-from server.settings import Settings
 from server.wallet_service import wallet_context
 from server.web import add_web_routes
 
@@ -37,7 +37,7 @@ async def error_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Turn every failure into the one error shape; a 500 never leaks internals."""
     request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
-    request[appkeys.REQUEST_ID] = request_id
+    request[keys.REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except ApiError as exc:
@@ -97,35 +97,35 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     # The access log is outermost so it records the status the error middleware settled on.
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[access_middleware, error_middleware])
-    app[appkeys.SETTINGS] = settings
-    app[appkeys.STARTED_AT] = time.time()
-    app[appkeys.BACKGROUND] = []
-    app[appkeys.METRICS] = Metrics(lambda: app.get(appkeys.DB))
+    app[keys.SETTINGS] = settings
+    app[keys.STARTED_AT] = time.time()
+    app[keys.BACKGROUND] = []
+    app[keys.METRICS] = Metrics(lambda: app.get(keys.DB))
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings)
         async with pool.acquire() as conn:
             await migrate(conn)
-        app[appkeys.DB] = pool
+        app[keys.DB] = pool
         yield
         await asyncio.wait_for(pool.close(), timeout=settings.shutdown_timeout_s)
 
     async def redis(app: web.Application) -> AsyncIterator[None]:
-        app[appkeys.REDIS] = None
+        app[keys.REDIS] = None
         if not settings.redis_url:
             yield
             return
         client = await connect_redis(settings)
-        app[appkeys.REDIS] = client
+        app[keys.REDIS] = client
         yield
         await client.aclose()
 
     async def limiter(app: web.Application) -> AsyncIterator[None]:
         memory = MemoryLimiter(settings.rate_memory_max_keys)
-        client = appkeys.redis_of(app)
-        app[appkeys.LIMITER] = RedisLimiter(client, memory) if client is not None else memory
+        client = keys.redis_of(app)
+        app[keys.LIMITER] = RedisLimiter(client, memory) if client is not None else memory
         yield
-        await app[appkeys.LIMITER].close()
+        await app[keys.LIMITER].close()
 
     # Torn down in reverse order, after `app.on_shutdown` (where sockets close with 1001) and after
     # in-flight requests finished, so handlers still have their pools while they drain.

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from server import appkeys
+from server.kernel import keys
 from server.passwords import passwords_for
 from server.sessions import purge_expired
 from server.tokens import TokenService
@@ -33,12 +33,12 @@ async def _upkeep(tokens: TokenService) -> None:
 
 async def auth_context(app: web.Application) -> AsyncIterator[None]:
     """Install the TokenService as `app[AUTH]` (needs the `database` context before it)."""
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     # Built off the loop: it computes the dummy hash used for unknown-email logins.
     await asyncio.to_thread(passwords_for, settings)
-    tokens = TokenService(settings, app[appkeys.DB])
+    tokens = TokenService(settings, app[keys.DB])
     await tokens.start()
-    app[appkeys.AUTH] = tokens
+    app[keys.AUTH] = tokens
     task = asyncio.create_task(_upkeep(tokens), name="auth-upkeep")
     yield
     task.cancel()

@@ -7,7 +7,7 @@ import argparse
 from ledger import audit
 from server.cli import command, run_async
 from server.db import connect
-from server.settings import Settings
+from server.kernel.settings import Settings
 
 
 @command("audit", "check every ledger invariant over the whole database (exit 1 when one fails)")

@@ -7,9 +7,9 @@ import sys
 
 from server.cli import command, run_async
 from server.db import connect
-from server.errors import ApiError
-from server.identity import ROLES
-from server.settings import Settings
+from server.kernel.errors import ApiError
+from server.kernel.identity import ROLES
+from server.kernel.settings import Settings
 from server.tokens import ensure_keys
 from server.users import create_user
 

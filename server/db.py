@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from server.settings import Settings
+from server.kernel.settings import Settings
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -15,10 +15,10 @@ from aiohttp import web
 
 from ledger.grants import grant_tokens
 from ledger.model import Result
-from server import appkeys
 from server.cli import command, run_async
-from server.identity import Identity, Role
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.identity import Identity, Role
+from server.kernel.settings import Settings
 from server.users import create_user
 from signaling import rooms, streams
 
@@ -43,19 +43,19 @@ USERS = (
 
 
 async def _user_id(app: web.Application, user: DemoUser) -> uuid.UUID:
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     found = await db.fetchval("SELECT id FROM users WHERE lower(email) = lower($1)", user.email)
     if found is not None:
         assert isinstance(found, uuid.UUID)
         return found
-    created = await create_user(db, app[appkeys.SETTINGS], email=user.email, password=PASSWORD,
+    created = await create_user(db, app[keys.SETTINGS], email=user.email, password=PASSWORD,
                                 display_name=user.display_name, role=user.role, email_verified=True)
     return created.id
 
 
 async def seed(app: web.Application) -> dict[str, object]:
     """Create the demo data in a started app; returns what exists afterwards."""
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     ids = {u.email: await _user_id(app, u) for u in USERS}
     performer = Identity(ids[USERS[1].email], "performer", time.time() + 600)
 
@@ -75,7 +75,7 @@ async def seed(app: web.Application) -> dict[str, object]:
     show_room = await rooms.create_show_room(db, performer.user_id, show_id, access="ticket")
     await rooms.grant(db, show_room, ids[USERS[2].email], "ticket")
 
-    engine = app[appkeys.LEDGER]
+    engine = app[keys.LEDGER]
     for user in USERS[2:]:
         result = await grant_tokens(engine, db, ids[user.email], GRANT_TOKENS, "demo wallet",
                                     uuid.uuid5(NAMESPACE, f"grant:{user.email}"))

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from server import appkeys
-from server.errors import ApiError
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from server.kernel.net import client_ip
 
 if TYPE_CHECKING:
     from server.routing import Call
@@ -26,8 +27,6 @@ MAX_KEY_CHARS = 255
 
 async def run_idempotent(call: Call[Any],
                          handler: Callable[[Call[Any]], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    from server.routing import client_ip
-
     request = call.request
     key = request.headers["Idempotency-Key"].strip()
     if not key or len(key) > MAX_KEY_CHARS:
@@ -35,7 +34,7 @@ async def run_idempotent(call: Call[Any],
     who = str(call.identity.user_id) if call.identity else client_ip(request)
     scope = f"{who} {request.method} {request.path}"
     digest = hashlib.sha256(await request.read()).digest()
-    db = request.app[appkeys.DB]
+    db = request.app[keys.DB]
     row = await db.fetchrow(
         """INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
            ON CONFLICT (scope, key) DO UPDATE

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from ledger import Engine, Sweeper
-from server import appkeys
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.settings import Settings
 
 
 def make_engine(settings: Settings, dsn: str) -> Engine:
@@ -20,16 +20,16 @@ def make_engine(settings: Settings, dsn: str) -> Engine:
 
 
 def ledger_context(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context: needs `appkeys.DB` (the sweeper reads due holds on the shared pool)."""
+    """A cleanup context: needs `keys.DB` (the sweeper reads due holds on the shared pool)."""
 
     async def ledger(app: web.Application) -> AsyncIterator[None]:
-        settings = app[appkeys.SETTINGS]
+        settings = app[keys.SETTINGS]
         engine = make_engine(settings, dsn)
         await engine.start()
-        sweeper = Sweeper(engine, app[appkeys.DB], interval_s=settings.ledger_sweep_interval_s,
+        sweeper = Sweeper(engine, app[keys.DB], interval_s=settings.ledger_sweep_interval_s,
                           batch_max=settings.ledger_sweep_batch_max)
         sweeper.start()
-        app[appkeys.LEDGER] = engine
+        app[keys.LEDGER] = engine
         yield
         # Requests have drained by now; the engine applies what is still queued, bounded.
         await sweeper.close()

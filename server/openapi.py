@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server import __version__
-from server.errors import STATUS
+from server.kernel.errors import STATUS
 from server.routing import Route, Router
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")

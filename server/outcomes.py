@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ledger import LedgerClosed, LedgerOverloaded, LedgerUnavailable, Result
-from server.errors import ApiError
+from server.kernel.errors import ApiError
 
 # Result -> (error code, message). Results missing here are programming errors (malformed
 # transfers built by our own code) and surface as INTERNAL_ERROR.

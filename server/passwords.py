@@ -16,8 +16,8 @@ from typing import TypeVar
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from server.errors import ApiError
-from server.settings import Settings
+from server.kernel.errors import ApiError
+from server.kernel.settings import Settings
 
 T = TypeVar("T")
 _CLASSES = (str.islower, str.isupper, str.isdigit)

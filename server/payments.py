@@ -30,11 +30,11 @@ import stripe
 from aiohttp import web
 
 from ledger import purchases
-from server import appkeys
-from server.errors import ApiError
-from server.identity import Identity
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from server.kernel.identity import Identity
+from server.kernel.settings import Settings
 from server.outcomes import ledger_call
-from server.settings import Settings
 
 log = logging.getLogger("greenroom.payments")
 
@@ -99,6 +99,9 @@ class StripeGateway:
         return Checkout(session.id, session.url, int(session.amount_total or price), session.currency or currency)
 
 
+
+PAYMENTS = web.AppKey("payments", StripeGateway)  # the Stripe client of this worker
+
 def _base_url(settings: Settings) -> str:
     return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
 
@@ -106,18 +109,18 @@ def _base_url(settings: Settings) -> str:
 async def start_purchase(app: web.Application, buyer: Identity, pack_tokens: int,
                          idempotency_key: str | None) -> dict[str, Any]:
     """Create a Checkout Session for a token pack and record the pending purchase."""
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     packs = settings.packs
     if pack_tokens not in packs:
         raise ApiError("VALIDATION_ERROR", "no such token pack",
                        details={"field": "pack_tokens", "packs": sorted(packs)})
     base = _base_url(settings)
     key = f"buy:{buyer.user_id}:{idempotency_key}" if idempotency_key else None
-    checkout = await app[appkeys.PAYMENTS].create_checkout(
+    checkout = await app[PAYMENTS].create_checkout(
         user_id=buyer.user_id, tokens=pack_tokens, price=packs[pack_tokens], currency=settings.currency,
         success_url=f"{base}/?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
         cancel_url=f"{base}/?checkout=cancelled", idempotency_key=key)
-    await purchases.open_purchase(app[appkeys.DB], session_id=checkout.session_id, user_id=buyer.user_id,
+    await purchases.open_purchase(app[keys.DB], session_id=checkout.session_id, user_id=buyer.user_id,
                                   tokens=pack_tokens, amount_total=checkout.amount_total, currency=checkout.currency)
     return {"session_id": checkout.session_id, "checkout_url": checkout.url, "tokens": pack_tokens,
             "amount": checkout.amount_total, "currency": checkout.currency, "status": "pending"}
@@ -141,7 +144,7 @@ def verify_event(settings: Settings, payload: bytes, signature: str | None) -> d
 
 async def handle_webhook(app: web.Application, payload: bytes, signature: str | None) -> dict[str, Any]:
     """Verify and apply one webhook delivery; returns what was done (for logs and tests)."""
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     event = verify_event(settings, payload, signature)
     event_id, kind, obj = str(event.get("id", "")), str(event.get("type", "")), event["data"]["object"]
     with ledger_call():
@@ -155,8 +158,8 @@ async def handle_webhook(app: web.Application, payload: bytes, signature: str | 
 
 
 async def _apply(app: web.Application, event_id: str, kind: str, obj: dict[str, Any]) -> str:
-    settings = app[appkeys.SETTINGS]
-    engine, directory, pool = app[appkeys.LEDGER], app[appkeys.ACCOUNTS], app[appkeys.DB]
+    settings = app[keys.SETTINGS]
+    engine, directory, pool = app[keys.LEDGER], app[keys.ACCOUNTS], app[keys.DB]
     if kind.startswith("checkout.session."):
         order = _order(obj)
         if order is None:

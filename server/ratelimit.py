@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from server.limits import Budget, Decision
+from server.kernel.limits import Budget, Decision
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -14,10 +14,11 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server import appkeys
-from server.errors import ApiError
-from server.identity import Identity, Role, bearer_token
-from server.limits import Category, budget
+from server.kernel import keys
+from server.kernel.errors import ApiError, validation_details
+from server.kernel.identity import Identity, Role, bearer_token
+from server.kernel.limits import Category, budget
+from server.kernel.net import client_ip
 
 AuthMode = Literal["public", "optional", "user"]
 B = TypeVar("B")
@@ -148,22 +149,6 @@ def page_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
     return {"page": page, "per_page": per_page, "total": total, "pages": pages}
 
 
-def validation_details(exc: ValidationError) -> dict[str, Any]:
-    errors = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        errors.append({"field": loc or "(body)", "issue": err["msg"]})
-    return {"errors": errors}
-
-
-def client_ip(request: web.Request) -> str:
-    if request.app[appkeys.SETTINGS].trust_forwarded_for:
-        fwd = request.headers.get("X-Forwarded-For")
-        if fwd:
-            return fwd.split(",")[0].strip()
-    return request.remote or "unknown"
-
-
 def identify(request: web.Request, mode: AuthMode) -> Identity | None:
     token = bearer_token(request)
     if token is None:
@@ -172,13 +157,13 @@ def identify(request: web.Request, mode: AuthMode) -> Identity | None:
         return None
     if mode == "public":
         return None
-    return request.app[appkeys.AUTH].authenticate(token)
+    return request.app[keys.AUTH].authenticate(token)
 
 
 async def _rate_limit(request: web.Request, route: Route, identity: Identity | None) -> dict[str, str]:
     if route.rate == "none":
         return {}
-    settings = request.app[appkeys.SETTINGS]
+    settings = request.app[keys.SETTINGS]
     category: Category = route.rate
     if route.rate == "auth":
         key = f"auth:{client_ip(request)}"
@@ -187,7 +172,7 @@ async def _rate_limit(request: web.Request, route: Route, identity: Identity | N
         key = f"anonymous:{client_ip(request)}"
     else:
         key = f"{category}:{identity.user_id}"
-    decision = await request.app[appkeys.LIMITER].hit(key, budget(settings, category))
+    decision = await request.app[keys.LIMITER].hit(key, budget(settings, category))
     headers = decision.headers()
     if not decision.allowed:
         headers["Retry-After"] = str(max(1, int(decision.retry_after_s + 0.999)))
@@ -231,9 +216,9 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     from server.idempotency import run_idempotent
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        request[appkeys.ROUTE] = f"{route.method} {route.path}"
+        request[keys.ROUTE] = f"{route.method} {route.path}"
         identity = identify(request, route.auth)
-        request[appkeys.IDENTITY] = identity
+        request[keys.IDENTITY] = identity
         if identity is not None and route.roles and identity.role not in route.roles:
             raise ApiError("PERMISSION_DENIED", f"this endpoint is for: {', '.join(route.roles)}")
         rl_headers = await _rate_limit(request, route, identity)

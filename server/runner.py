@@ -26,8 +26,8 @@ from multiprocessing.process import BaseProcess
 
 from aiohttp import web
 
+from server.kernel.settings import Settings
 from server.logs import configure
-from server.settings import Settings
 
 log = logging.getLogger("greenroom.runner")
 
@@ -125,7 +125,7 @@ def _supervise(settings: Settings, dsn: str) -> int:
     """Start the workers; stop them all on a signal or when one dies; 0 only if all stopped cleanly."""
     from prometheus_client.multiprocess import mark_process_dead
 
-    from server.metrics import MULTIPROC_ENV
+    from server.kernel.metrics import MULTIPROC_ENV
 
     # Workers record metrics into files here, so a scrape answered by any one of them sums them all.
     metrics_dir = tempfile.mkdtemp(prefix="greenroom-metrics-")

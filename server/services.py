@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from server.embedded import EmbeddedPostgres, ensure_database
-from server.settings import Settings
+from server.kernel.settings import Settings
 
 
 @contextmanager

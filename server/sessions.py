@@ -18,9 +18,9 @@ from typing import Literal, TypeAlias
 
 import asyncpg
 
-from server.errors import ApiError
-from server.identity import Role
-from server.settings import Settings
+from server.kernel.errors import ApiError
+from server.kernel.identity import Role
+from server.kernel.settings import Settings
 from server.tokens import TokenService
 
 Reason = Literal["logout", "reuse", "disabled", "evicted"]

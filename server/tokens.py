@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
-from server import appkeys
-from server.errors import ApiError
-from server.identity import ROLES, Identity, Role
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from server.kernel.identity import ROLES, Identity, Role
+from server.kernel.settings import Settings
 
 log = logging.getLogger("greenroom.auth")
 
@@ -103,7 +103,7 @@ async def ensure_keys(conn: asyncpg.Connection, settings: Settings, *, force: bo
 
 
 class TokenService:
-    """Issues and verifies access tokens; implements `server.identity.Authenticator`."""
+    """Issues and verifies access tokens; implements `server.kernel.identity.Authenticator`."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
@@ -276,6 +276,6 @@ class TokenService:
 
 
 def token_service(app: web.Application) -> TokenService:
-    service = app[appkeys.AUTH]
+    service = app[keys.AUTH]
     assert isinstance(service, TokenService), "the auth context installs a TokenService"
     return service

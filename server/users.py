@@ -20,10 +20,10 @@ import asyncpg
 import orjson
 
 from server import sessions
-from server.errors import ApiError, forbidden, not_found
-from server.identity import ROLES, Identity, Role
+from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.identity import ROLES, Identity, Role
+from server.kernel.settings import Settings
 from server.passwords import check_policy, passwords_for
-from server.settings import Settings
 from server.tokens import TokenService
 
 Status = Literal["active", "suspended", "banned"]

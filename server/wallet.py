@@ -20,9 +20,10 @@ from ledger import AccountKind, Code, Result, accounts_of, audit, debts
 from ledger.grants import adjust_tokens
 from ledger.history import Movement, movements
 from ledger.payouts import Payout, Status, get_payout, list_payouts, request_payout, resolve_payout
-from server import appkeys, audit_log
-from server.errors import ApiError, forbidden, not_found
-from server.identity import Identity
+from server import audit_log
+from server.kernel import keys
+from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.identity import Identity
 from server.outcomes import ledger_call, ledger_error, require_applied
 
 _DESCRIPTIONS = {
@@ -42,8 +43,8 @@ _DESCRIPTIONS = {
 
 
 async def balance(app: web.Application, user: Identity) -> dict[str, Any]:
-    settings = app[appkeys.SETTINGS]
-    db = app[appkeys.DB]
+    settings = app[keys.SETTINGS]
+    db = app[keys.DB]
     by_kind = {a.kind: a for a in await accounts_of(db, user.user_id)}
     wallet, earnings = by_kind.get(AccountKind.WALLET), by_kind.get(AccountKind.EARNINGS)
     owed = await debts.owed(db, user.user_id)
@@ -65,13 +66,13 @@ async def transactions(app: web.Application, user: Identity, *, codes: list[Code
                        until: datetime | None, cursor: int | None, page: int,
                        per_page: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The user's wallet and earnings history; page/per_page with a total, or `cursor` mode."""
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     mine = {a.id: a.kind for a in await accounts_of(db, user.user_id)
             if a.kind in (AccountKind.WALLET, AccountKind.EARNINGS)}
     history = await movements(db, list(mine), codes=codes, since=since, until=until, cursor=cursor,
                               offset=0 if cursor is not None else (page - 1) * per_page, limit=per_page,
                               count=cursor is None)
-    rate = app[appkeys.SETTINGS].tokens_per_currency_unit
+    rate = app[keys.SETTINGS].tokens_per_currency_unit
     items = [_transaction(m, mine[m.account_id], rate) for m in history.items]
     meta: dict[str, Any] = {"per_page": per_page, "next_cursor": history.next_cursor}
     if history.total is not None:
@@ -113,16 +114,16 @@ def payout_out(p: Payout) -> dict[str, Any]:
 async def request_user_payout(app: web.Application, user: Identity, amount: int,
                               payout_id: uuid.UUID) -> tuple[dict[str, Any], bool]:
     """Hold earnings for a payout; returns the request and whether it was new."""
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     if amount < settings.payout_min_tokens:
         raise ApiError("VALIDATION_ERROR", f"the smallest payout is {settings.payout_min_tokens} tokens",
                        details={"field": "amount", "min": settings.payout_min_tokens})
-    owed = await debts.owed(app[appkeys.DB], user.user_id)
+    owed = await debts.owed(app[keys.DB], user.user_id)
     if owed:
         raise ApiError("WALLET_RESTRICTED", "your account owes tokens from a reversed purchase",
                        details={"owed_tokens": owed})
     with ledger_call():
-        requested = await request_payout(app[appkeys.LEDGER], app[appkeys.ACCOUNTS], app[appkeys.DB],
+        requested = await request_payout(app[keys.LEDGER], app[keys.ACCOUNTS], app[keys.DB],
                                          payout_id=payout_id, user_id=user.user_id, amount=amount,
                                          timeout_s=settings.payout_hold_timeout_s)
     require_applied(requested.result)
@@ -133,7 +134,7 @@ async def request_user_payout(app: web.Application, user: Identity, amount: int,
 async def decide_payout(app: web.Application, admin: Identity, payout_id: uuid.UUID, *, approve: bool,
                         note: str) -> dict[str, Any]:
     """Approve (post) or reject (void) a pending request; CONFLICT once it is resolved."""
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     current = await get_payout(db, payout_id)
     if current is None:
         raise not_found("payout request")
@@ -141,7 +142,7 @@ async def decide_payout(app: web.Application, admin: Identity, payout_id: uuid.U
         raise ApiError("CONFLICT", f"this payout request is already {current.status}",
                        details={"status": current.status})
     with ledger_call():
-        result, payout = await resolve_payout(app[appkeys.LEDGER], db, payout_id, approve=approve,
+        result, payout = await resolve_payout(app[keys.LEDGER], db, payout_id, approve=approve,
                                               actor=admin.user_id, note=note)
     if result is not Result.OK and result is not Result.EXISTS:
         error = ledger_error(result)
@@ -162,22 +163,22 @@ async def payouts_page(app: web.Application, viewer: Identity, *, user_id: uuid.
         if user_id is not None and user_id != viewer.user_id:
             raise forbidden("you may list only your own payout requests")
         user_id = viewer.user_id
-    items, total = await list_payouts(app[appkeys.DB], user_id=user_id, status=status, page=page, per_page=per_page)
+    items, total = await list_payouts(app[keys.DB], user_id=user_id, status=status, page=page, per_page=per_page)
     return [payout_out(p) for p in items], total
 
 
 async def adjust(app: web.Application, admin: Identity, *, user_id: uuid.UUID, amount: int, reason: str,
                  adjustment_id: uuid.UUID) -> dict[str, Any]:
     """Grant (> 0, from promotions) or correct (< 0, back to promotions) a user's wallet; audited."""
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     if amount == 0 or abs(amount) > settings.admin_adjust_max_tokens:
         raise ApiError("VALIDATION_ERROR", f"amount must be non-zero and at most {settings.admin_adjust_max_tokens} "
                        "tokens either way", details={"field": "amount", "max": settings.admin_adjust_max_tokens})
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     if await db.fetchval("SELECT true FROM users WHERE id = $1", user_id) is None:
         raise not_found("user")
     with ledger_call():
-        result = await adjust_tokens(app[appkeys.LEDGER], db, user_id, amount, reason, adjustment_id)
+        result = await adjust_tokens(app[keys.LEDGER], db, user_id, amount, reason, adjustment_id)
     require_applied(result)
     await audit_log.record(db, id=adjustment_id, actor_id=admin.user_id, action="wallet.adjust",
                            target_user_id=user_id, details={"amount": amount, "reason": reason})
@@ -186,13 +187,13 @@ async def adjust(app: web.Application, admin: Identity, *, user_id: uuid.UUID, a
 
 
 async def balance_of(app: web.Application, user_id: uuid.UUID) -> int:
-    wallet = [a for a in await accounts_of(app[appkeys.DB], user_id) if a.kind is AccountKind.WALLET]
+    wallet = [a for a in await accounts_of(app[keys.DB], user_id) if a.kind is AccountKind.WALLET]
     return wallet[0].available if wallet else 0
 
 
 async def audit_report(app: web.Application) -> dict[str, Any]:
     """Every ledger invariant over the whole database; `ok: false` lists the offending ids."""
-    report = await audit(app[appkeys.DB])
+    report = await audit(app[keys.DB])
     return {"ok": report.ok, "accounts": report.accounts, "transfers": report.transfers,
             "holds_pending": report.holds_pending,
             "checks": [{"name": c.name, "description": c.description, "ok": c.ok, "offending": c.offending,

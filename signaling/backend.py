@@ -1,7 +1,7 @@
 """Choose the broker and presence for a node: Redis when there is one, else in-process.
 
 The app's lifecycle context (owned by the socket endpoint) calls these with the app's Redis
-client (`appkeys.REDIS`, None when `REDIS_URL` is empty), starts them, and closes them on shutdown.
+client (`keys.REDIS`, None when `REDIS_URL` is empty), starts them, and closes them on shutdown.
 A broker and a presence made from a URL own their client; one made from a client leaves it to
 its owner.
 """
@@ -12,7 +12,7 @@ import secrets
 
 from redis.asyncio import Redis
 
-from server.settings import Settings
+from server.kernel.settings import Settings
 from signaling.broker import Broker, HistoryPolicy
 from signaling.memory_broker import MemoryBroker
 from signaling.presence import MemoryPresence, Presence, RedisPresence

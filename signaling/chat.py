@@ -17,10 +17,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
-from server import appkeys
-from server.errors import ApiError, forbidden, not_found
-from server.identity import Identity
-from server.limits import Budget
+from server.kernel import keys
+from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.identity import Identity
+from server.kernel.limits import Budget
+from signaling import keys as socket_keys
 from signaling import rooms
 from signaling.protocol import OpContext, OpData, op
 
@@ -48,19 +49,19 @@ def clean_text(text: str) -> str:
 
 async def send_message(app: web.Application, author: Identity, room: str, raw_text: str) -> dict[str, Any]:
     """Store and publish one chat message; return `{id, offset}`."""
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     text = clean_text(raw_text)
     if not text:
         raise ApiError("VALIDATION_ERROR", "message is empty", details={"field": "text"})
     if len(text) > settings.chat_max_chars:
         raise ApiError("VALIDATION_ERROR", f"message is longer than {settings.chat_max_chars} characters",
                        details={"field": "text", "max_chars": settings.chat_max_chars, "chars": len(text)})
-    limiter = app[appkeys.LIMITER]
+    limiter = app[keys.LIMITER]
     flood = await limiter.hit(f"chat:{room}:{author.user_id}", Budget(settings.chat_rate_per_10s, 10.0))
     if not flood.allowed:
         raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {settings.chat_rate_per_10s} messages per 10 s in a room",
                        details={"retry_after_s": round(flood.retry_after_s, 3)})
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     s, exists = await rooms.standing(db, room, author.user_id)
     if not exists:
         raise ApiError("AUTHENTICATION_REQUIRED", "this account no longer exists")
@@ -81,13 +82,13 @@ async def send_message(app: web.Application, author: Identity, room: str, raw_te
     event = {"id": str(message_id),
              "author": {"id": str(author.user_id), "display_name": s.display_name, "role": s.role},
              "text": text, "at": at.isoformat()}
-    offset = await app[appkeys.HUB].publish(room, "chat.message", event)
+    offset = await app[socket_keys.HUB].publish(room, "chat.message", event)
     return {"id": str(message_id), "offset": offset}
 
 
 async def delete_message(app: web.Application, actor: Identity, room: str, message_id: uuid.UUID) -> dict[str, Any]:
     """Mark a message deleted (its author, or room staff) and publish `chat.deleted` once."""
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     row = await db.fetchrow("SELECT author_id, deleted_at FROM chat_messages WHERE id = $1 AND room = $2",
                             message_id, room)
     if row is None:
@@ -101,7 +102,7 @@ async def delete_message(app: web.Application, actor: Identity, room: str, messa
            WHERE id = $1 AND deleted_at IS NULL RETURNING true""", message_id, actor.user_id)
     if not deleted:
         return {"id": str(message_id), "deleted": True}
-    offset = await app[appkeys.HUB].publish(room, "chat.deleted", {"id": str(message_id)})
+    offset = await app[socket_keys.HUB].publish(room, "chat.deleted", {"id": str(message_id)})
     return {"id": str(message_id), "deleted": True, "offset": offset}
 
 

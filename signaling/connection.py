@@ -29,8 +29,8 @@ from signaling.protocol import CLOSE_REASONS, Close
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from server.identity import Identity
-    from server.settings import Settings
+    from server.kernel.identity import Identity
+    from server.kernel.settings import Settings
 
 log = logging.getLogger("greenroom.socket")
 

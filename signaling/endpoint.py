@@ -29,9 +29,10 @@ import orjson
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
-from server import appkeys
-from server.errors import ApiError
-from server.routing import client_ip, validation_details
+from server.kernel import keys
+from server.kernel.errors import ApiError, validation_details
+from server.kernel.net import client_ip
+from signaling import keys as socket_keys
 from signaling import rooms
 from signaling.backend import create_broker, create_presence, new_node_id
 from signaling.connection import Connection
@@ -54,16 +55,16 @@ def setup_socket(app: web.Application) -> None:
 
 
 async def _socket_services(app: web.Application) -> AsyncIterator[None]:
-    settings = app[appkeys.SETTINGS]
-    redis = appkeys.redis_of(app)
+    settings = app[keys.SETTINGS]
+    redis = keys.redis_of(app)
     node_id = new_node_id()  # one id for broker and presence, so a dead node's entries are found
     broker = create_broker(settings, redis, node_id=node_id)
     presence = create_presence(settings, redis, node_id=node_id)
-    hub = Hub(broker, presence, settings, app.get(appkeys.METRICS))
-    hub.access_check = functools.partial(rooms.admitted, app[appkeys.DB])
-    app[appkeys.BROKER] = broker
-    app[appkeys.PRESENCE] = presence
-    app[appkeys.HUB] = hub
+    hub = Hub(broker, presence, settings, app.get(keys.METRICS))
+    hub.access_check = functools.partial(rooms.admitted, app[keys.DB])
+    app[socket_keys.BROKER] = broker
+    app[socket_keys.PRESENCE] = presence
+    app[socket_keys.HUB] = hub
     await presence.start()
     await hub.start()
     try:
@@ -75,13 +76,13 @@ async def _socket_services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_all(app: web.Application) -> None:
-    hub = app.get(appkeys.HUB)
+    hub = app.get(socket_keys.HUB)
     if hub is None:
         return
     conns = list(hub.connections.values())
     if not conns:
         return
-    timeout = app[appkeys.SETTINGS].shutdown_timeout_s
+    timeout = app[keys.SETTINGS].shutdown_timeout_s
     closing = [asyncio.ensure_future(c.close(Close.GOING_AWAY)) for c in conns]
     _, late = await asyncio.wait(closing, timeout=timeout)
     for task in late:
@@ -90,7 +91,7 @@ async def _close_all(app: web.Application) -> None:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     # No compression: frames are built once and written as raw bytes to every member.
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_frame_bytes,
                                compress=False, timeout=settings.ws_close_timeout_s)
@@ -98,7 +99,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     transport = request.transport
     if transport is None:  # the peer left during the handshake
         return ws
-    hub = app[appkeys.HUB]
+    hub = app[socket_keys.HUB]
     conn = Connection(ws, transport, settings, hub.outbox)
     conn.remote = client_ip(request)
     hub.attach(conn)
@@ -119,16 +120,16 @@ async def _auth_from_query(request: web.Request, conn: Connection) -> bool:
     token = request.query.get("token")
     if token:
         try:
-            identity = request.app[appkeys.AUTH].authenticate(token)
+            identity = request.app[keys.AUTH].authenticate(token)
         except ApiError as exc:
             conn.close_soon(Close.AUTH_FAILED, exc.message)
             return False
-        if not await request.app[appkeys.HUB].admit_user(conn, identity.user_id):
+        if not await request.app[socket_keys.HUB].admit_user(conn, identity.user_id):
             conn.close_soon(Close.TOO_MANY_CONNECTIONS)
             return False
         conn.sign_in(identity)
     elif request.query.get("guest") in ("1", "true"):
-        if not request.app[appkeys.HUB].admit_guest(conn):
+        if not request.app[socket_keys.HUB].admit_guest(conn):
             conn.close_soon(Close.TOO_MANY_CONNECTIONS)
             return False
         conn.admit_guest()
@@ -138,7 +139,7 @@ async def _auth_from_query(request: web.Request, conn: Connection) -> bool:
 async def _serve(app: web.Application, conn: Connection) -> None:
     ws = conn.ws
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + app[appkeys.SETTINGS].ws_auth_timeout_s
+    deadline = loop.time() + app[keys.SETTINGS].ws_auth_timeout_s
     while not conn.closing:
         timeout = None if conn.authenticated else deadline - loop.time()
         if timeout is not None and timeout <= 0:
@@ -174,7 +175,7 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
     ctx: OpContext | None = None
     try:
         if not within_rate:
-            limit = app[appkeys.SETTINGS].ws_ops_per_10s
+            limit = app[keys.SETTINGS].ws_ops_per_10s
             raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {limit} messages per 10 s on one socket",
                            details={"limit": limit, "window_s": 10})
         if not isinstance(obj, dict):

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from server.errors import ApiError
+from server.kernel.errors import ApiError
 from signaling.broker import Broker, Publication, StreamPosition
 from signaling.connection import Connection, Membership, Outbox
 from signaling.frames import text_frame
@@ -51,8 +51,8 @@ from signaling.presence import Presence
 from signaling.protocol import Close, event_body, event_payload
 
 if TYPE_CHECKING:
-    from server.metrics import Metrics
-    from server.settings import Settings
+    from server.kernel.metrics import Metrics
+    from server.kernel.settings import Settings
 
 log = logging.getLogger("greenroom.hub")
 

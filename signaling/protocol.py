@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from server.identity import Identity
+    from server.kernel.identity import Identity
 
 MAX_REF = 2**53 - 1  # refs round-trip through JavaScript numbers
 

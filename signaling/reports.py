@@ -12,9 +12,9 @@ from typing import Any, Literal
 import asyncpg
 from aiohttp import web
 
-from server import appkeys
-from server.errors import ApiError, not_found
-from server.identity import Identity
+from server.kernel import keys
+from server.kernel.errors import ApiError, not_found
+from server.kernel.identity import Identity
 
 TargetType = Literal["user", "stream", "chat_message"]
 Reason = Literal["spam", "harassment", "hate", "sexual_content", "violence", "self_harm", "underage",
@@ -45,7 +45,7 @@ async def file_report(app: web.Application, reporter: Identity, *, target_type: 
                       target_id: uuid.UUID, reason: Reason, details: str) -> dict[str, Any]:
     if target_type == "user" and target_id == reporter.user_id:
         raise ApiError("BAD_REQUEST", "you cannot report yourself")
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     snapshot = await _snapshot(db, target_type, target_id)
     try:
         row = await db.fetchrow(
@@ -79,7 +79,7 @@ async def list_flags(app: web.Application, *, status: ReportStatus | None, targe
         args.append(target_type)
         where.append(f"r.target_type = ${len(args)}")
     clause = " AND ".join(where)
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     rows = await db.fetch(
         f"""SELECT r.*, (SELECT count(*) FROM moderation_reports o
                          WHERE o.target_type = r.target_type AND o.target_id = r.target_id

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from server import appkeys
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.settings import Settings
 
 log = logging.getLogger("greenroom.retention")
 
@@ -58,12 +58,12 @@ async def purge(db: asyncpg.Pool, settings: Settings) -> dict[str, int]:
 
 
 async def _loop(app: web.Application) -> None:
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     while True:
         # Wait first: a pass at start-up would race a quick shutdown for the pool (tests, restarts).
         await asyncio.sleep(settings.chat_purge_interval_s)
         try:
-            counts = await purge(app[appkeys.DB], settings)
+            counts = await purge(app[keys.DB], settings)
             if any(counts.values()):
                 log.info("retention purge", extra=counts)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
@@ -73,7 +73,7 @@ async def _loop(app: web.Application) -> None:
 async def retention_context(app: web.Application) -> AsyncIterator[None]:
     """Lifecycle context: runs the purge every `chat_purge_interval_s` (needs the database context)."""
     task = asyncio.create_task(_loop(app), name="chat-retention")
-    app[appkeys.BACKGROUND].append(task)
+    app[keys.BACKGROUND].append(task)
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

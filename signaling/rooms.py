@@ -21,9 +21,10 @@ from typing import Any, Literal, TypeAlias
 import asyncpg
 from aiohttp import web
 
-from server import appkeys
-from server.errors import ApiError, forbidden, not_found
-from server.identity import Identity
+from server.kernel import keys
+from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.identity import Identity
+from signaling import keys as socket_keys
 
 RoomKind = Literal["stream", "show"]
 Access = Literal["public", "ticket", "pass", "private"]
@@ -213,7 +214,7 @@ async def authorize_join(app: web.Application, identity: Identity | None, room: 
     Raises NOT_FOUND (unknown or malformed room), BANNED, PERMISSION_DENIED (access rule not met).
     """
     kind, room_id = parse_room(room)
-    s, exists = await standing(app[appkeys.DB], room, identity.user_id if identity else None)
+    s, exists = await standing(app[keys.DB], room, identity.user_id if identity else None)
     if identity is not None and not exists:
         raise ApiError("AUTHENTICATION_REQUIRED", "this account no longer exists")
     if s.banned and s.rank < RANK["performer"]:
@@ -240,7 +241,7 @@ async def _require_staff(db: Db, room: str, actor: Identity, doing: str) -> None
 async def _lift(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID,
                 table: Literal["room_bans", "room_mutes"], what: str) -> None:
     """Remove a ban or a mute (staff only); NOT_FOUND when there was none."""
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     await _require_staff(db, room, actor, "do this")
     removed = await db.fetchval(f"DELETE FROM {table} WHERE room = $1 AND user_id = $2 RETURNING true",
                                 room, target_id)
@@ -267,7 +268,7 @@ async def _actor_and_target(db: Db, room: str, actor: Identity, target_id: uuid.
 
 
 async def _publish(app: web.Application, room: str, type_: str, data: dict[str, Any]) -> int:
-    offset: int = await app[appkeys.HUB].publish(room, type_, data)
+    offset: int = await app[socket_keys.HUB].publish(room, type_, data)
     return offset
 
 
@@ -277,8 +278,8 @@ def _iso(t: datetime | None) -> str | None:
 
 async def add_moderator(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
     """Host or admin appoints a room moderator (idempotent)."""
-    settings = app[appkeys.SETTINGS]
-    db = app[appkeys.DB]
+    settings = app[keys.SETTINGS]
+    db = app[keys.DB]
     async with db.acquire() as conn, conn.transaction():
         # Serialize appointments per room so the cap holds under concurrency.
         await conn.execute("SELECT 1 FROM rooms WHERE name = $1 FOR UPDATE", room)
@@ -296,7 +297,7 @@ async def add_moderator(app: web.Application, actor: Identity, room: str, target
 
 async def remove_moderator(app: web.Application, actor: Identity, room: str,
                            target_id: uuid.UUID) -> dict[str, Any]:
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     me, _ = await standing(db, room, actor.user_id)
     if me.rank < RANK["performer"]:
         raise forbidden("only the performer of this room may do this")
@@ -316,10 +317,10 @@ def _until(seconds: int | None) -> datetime | None:
 async def ban(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID, reason: str,
               duration_s: int | None) -> dict[str, Any]:
     """Ban durably (until lifted or `duration_s` passes) and remove the user from the room on every node."""
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     if duration_s is not None and not 1 <= duration_s <= settings.room_ban_max_s:
         raise ApiError("VALIDATION_ERROR", f"duration_s must be 1-{settings.room_ban_max_s} (or omitted: permanent)")
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     until = _until(duration_s)
     async with db.acquire() as conn, conn.transaction():
         await _actor_and_target(conn, room, actor, target_id)
@@ -343,7 +344,7 @@ async def unban(app: web.Application, actor: Identity, room: str, target_id: uui
 
 async def list_bans(app: web.Application, actor: Identity, room: str, page: int,
                     per_page: int) -> tuple[list[dict[str, Any]], int]:
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     await _require_staff(db, room, actor, "see its bans")
     rows = await db.fetch(
         """SELECT b.user_id, u.display_name, b.until, b.reason, b.banned_by, b.created_at,
@@ -364,10 +365,10 @@ async def list_bans(app: web.Application, actor: Identity, room: str, page: int,
 
 async def mute(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID,
                duration_s: int) -> dict[str, Any]:
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     if not 1 <= duration_s <= settings.room_mute_max_s:
         raise ApiError("VALIDATION_ERROR", f"duration_s must be 1-{settings.room_mute_max_s}")
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     until = _until(duration_s)
     async with db.acquire() as conn, conn.transaction():
         await _actor_and_target(conn, room, actor, target_id)
@@ -390,17 +391,17 @@ async def unmute(app: web.Application, actor: Identity, room: str, target_id: uu
 
 async def kick(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
     """Remove the user's connections from the room on every node; they may rejoin (unlike a ban)."""
-    await _actor_and_target(app[appkeys.DB], room, actor, target_id)
+    await _actor_and_target(app[keys.DB], room, actor, target_id)
     data = {"user_id": str(target_id)}
     await _publish(app, room, "member.kicked", data)
     return data
 
 
 async def set_slow_mode(app: web.Application, actor: Identity, room: str, seconds: int) -> dict[str, Any]:
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     if not 0 <= seconds <= settings.room_slow_mode_max_s:
         raise ApiError("VALIDATION_ERROR", f"seconds must be 0-{settings.room_slow_mode_max_s} (0 turns it off)")
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     await _require_staff(db, room, actor, "set slow mode")
     await db.execute(
         """INSERT INTO room_settings (room, slow_mode_s) VALUES ($1, $2)

@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import Field, StrictInt
 
-from server import appkeys
-from server.errors import ApiError
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from signaling import keys as socket_keys
 from signaling import rooms
 from signaling.broker import StreamPosition
 from signaling.protocol import Close, OpContext, OpData, op
@@ -54,15 +55,15 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     if data.token is None:
         if conn.identity is not None:
             raise ApiError("BAD_REQUEST", "a signed-in session cannot become a guest; open a new socket")
-        if not ctx.app[appkeys.HUB].admit_guest(conn):
-            limit = ctx.app[appkeys.SETTINGS].ws_max_guests_per_ip
+        if not ctx.app[socket_keys.HUB].admit_guest(conn):
+            limit = ctx.app[keys.SETTINGS].ws_max_guests_per_ip
             ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
             raise ApiError("TOO_MANY_CONNECTIONS", f"at most {limit} guest sockets per address",
                            details={"limit": limit})
         conn.admit_guest()
         return session_info(conn)
     try:
-        identity = ctx.app[appkeys.AUTH].authenticate(data.token)
+        identity = ctx.app[keys.AUTH].authenticate(data.token)
     except ApiError as exc:
         if not conn.authenticated:
             reason = exc.message  # `exc` is unbound once the except block ends
@@ -70,8 +71,8 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
         raise
     if conn.identity is not None and identity.user_id != conn.identity.user_id:
         raise ApiError("PERMISSION_DENIED", "a session cannot change user; open a new socket")
-    if not await ctx.app[appkeys.HUB].admit_user(conn, identity.user_id):
-        limit = ctx.app[appkeys.SETTINGS].ws_max_conns_per_user
+    if not await ctx.app[socket_keys.HUB].admit_user(conn, identity.user_id):
+        limit = ctx.app[keys.SETTINGS].ws_max_conns_per_user
         ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
         raise ApiError("TOO_MANY_CONNECTIONS", f"at most {limit} open sockets per user",
                        details={"limit": limit})
@@ -88,7 +89,7 @@ async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
     """
     conn = ctx.session
     name = ctx.room_name
-    settings = ctx.app[appkeys.SETTINGS]
+    settings = ctx.app[keys.SETTINGS]
     if name in conn.rooms:
         raise ApiError("ALREADY_JOINED", "already in this room; leave first to rejoin")
     if len(conn.rooms) >= settings.ws_max_rooms_per_conn:
@@ -96,7 +97,7 @@ async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
                        details={"limit": settings.ws_max_rooms_per_conn})
     grant = await rooms.authorize_join(ctx.app, conn.identity, name)
     since = StreamPosition(data.since.offset, data.since.epoch) if data.since is not None else None
-    hub = ctx.app[appkeys.HUB]
+    hub = ctx.app[socket_keys.HUB]
     result = await hub.join(conn, name, grant, since)
     ctx.defer(lambda: hub.go_live(conn, name, result["offset"]))
     result["grant"] = {"role": grant.role, "can_chat": grant.can_chat, "can_tip": grant.can_tip,
@@ -106,14 +107,14 @@ async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
 
 @op("leave", auth="any", room="joined")
 async def leave(ctx: OpContext, data: OpData) -> None:
-    await ctx.app[appkeys.HUB].leave(ctx.session, ctx.room_name)
+    await ctx.app[socket_keys.HUB].leave(ctx.session, ctx.room_name)
 
 
 @op("presence", schema=PresenceData, auth="any", room="joined")
 async def presence(ctx: OpContext, data: PresenceData) -> dict[str, Any]:
     """Who is in the room, across nodes: the count and up to `limit` members."""
-    limit = min(data.limit, ctx.app[appkeys.SETTINGS].presence_members_max)
-    return await ctx.app[appkeys.HUB].presence_of(ctx.room_name, limit)
+    limit = min(data.limit, ctx.app[keys.SETTINGS].presence_members_max)
+    return await ctx.app[socket_keys.HUB].presence_of(ctx.room_name, limit)
 
 
 @op("ping", auth="any", room="none")

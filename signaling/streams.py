@@ -16,9 +16,10 @@ from typing import Any, Literal
 import asyncpg
 from aiohttp import web
 
-from server import appkeys
-from server.errors import ApiError, forbidden, not_found
-from server.identity import Identity
+from server.kernel import keys
+from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.identity import Identity
+from signaling import keys as socket_keys
 from signaling import rooms
 from signaling.rooms import Access
 
@@ -59,7 +60,7 @@ def room_of(stream_id: uuid.UUID) -> str:
 async def viewer_count(app: web.Application, room: str) -> int:
     """Distinct people in the room on every node (presence); a user with two tabs counts once,
     each guest socket counts as one."""
-    _, users = await app[appkeys.PRESENCE].counts(room)
+    _, users = await app[socket_keys.PRESENCE].counts(room)
     return users
 
 
@@ -95,11 +96,11 @@ def _is_host_or_admin(identity: Identity | None, row: asyncpg.Record) -> bool:
 
 async def _load(app: web.Application, stream_id: uuid.UUID, identity: Identity | None) -> asyncpg.Record:
     """The stream row, or NOT_FOUND; a private stream is NOT_FOUND to whoever may not enter it."""
-    row = await app[appkeys.DB].fetchrow(_SELECT + " WHERE s.id = $1", stream_id)
+    row = await app[keys.DB].fetchrow(_SELECT + " WHERE s.id = $1", stream_id)
     if row is None:
         raise not_found("stream")
     if row["access"] == "private" and not _is_host_or_admin(identity, row):
-        s, _ = await rooms.standing(app[appkeys.DB], room_of(stream_id), identity.user_id if identity else None)
+        s, _ = await rooms.standing(app[keys.DB], room_of(stream_id), identity.user_id if identity else None)
         if not rooms.admits(s):
             raise not_found("stream")
     return row
@@ -107,9 +108,9 @@ async def _load(app: web.Application, stream_id: uuid.UUID, identity: Identity |
 
 async def create_stream(app: web.Application, host: Identity, *, title: str, description: str,
                         category: str | None, tags: Sequence[str], access: Access) -> dict[str, Any]:
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     stream_id = uuid.uuid4()
-    async with app[appkeys.DB].acquire() as conn, conn.transaction():
+    async with app[keys.DB].acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", _HOST_LOCK_NS, host.user_id)
         open_count = await conn.fetchval(
             "SELECT count(*) FROM streams WHERE host_id = $1 AND status <> 'ended'", host.user_id)
@@ -153,7 +154,7 @@ async def list_streams(app: web.Application, identity: Identity | None, *, statu
         args.append(host_id)
         where.append(f"s.host_id = ${len(args)}")
     clause = " AND ".join(where)
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     rows = await db.fetch(
         f"{_SELECT} WHERE {clause} ORDER BY {SORTS[sort]} LIMIT {int(per_page)} OFFSET {int((page - 1) * per_page)}",
         *args)
@@ -173,7 +174,7 @@ async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.U
     if changes:
         sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
         access_changed = False
-        async with app[appkeys.DB].acquire() as conn, conn.transaction():
+        async with app[keys.DB].acquire() as conn, conn.transaction():
             updated = await conn.fetchval(
                 f"UPDATE streams SET {sets}, updated_at = now() WHERE id = $1 AND status <> 'ended' RETURNING id",
                 stream_id, *changes.values())
@@ -182,7 +183,7 @@ async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.U
             if "access" in changes:
                 access_changed = await rooms.set_access(conn, room_of(stream_id), changes["access"])
         row = await _load(app, stream_id, actor)
-        hub = app[appkeys.HUB]
+        hub = app[socket_keys.HUB]
         await hub.publish(room_of(stream_id), "stream.updated", _public_meta(row))
         if access_changed:
             # Every node re-checks its members of the room and removes those the rule no longer admits.
@@ -201,7 +202,7 @@ async def start_stream(app: web.Application, actor: Identity, stream_id: uuid.UU
     if actor.user_id != row["host_id"]:
         raise forbidden("only the stream's host may start it")
     try:
-        started = await app[appkeys.DB].fetchrow(
+        started = await app[keys.DB].fetchrow(
             """UPDATE streams SET status = 'live', started_at = now(), updated_at = now()
                WHERE id = $1 AND status = 'created' RETURNING started_at""", stream_id)
     except asyncpg.UniqueViolationError:
@@ -209,7 +210,7 @@ async def start_stream(app: web.Application, actor: Identity, stream_id: uuid.UU
     if started is None:
         raise ApiError("CONFLICT", f"stream is {row['status']}, only a created stream can start",
                        details={"status": row["status"]})
-    await app[appkeys.HUB].publish(
+    await app[socket_keys.HUB].publish(
         room_of(stream_id), "stream.started",
         {"stream_id": str(stream_id), "title": row["title"], "started_at": started["started_at"].isoformat()},
         idempotency_key=f"stream.started:{stream_id}")
@@ -225,14 +226,14 @@ async def end_stream(app: web.Application, actor: Identity, stream_id: uuid.UUID
     row = await _load(app, stream_id, actor)
     if not _is_host_or_admin(actor, row):
         raise forbidden("only the stream's host or an admin may end it")
-    ended = await app[appkeys.DB].fetchrow(
+    ended = await app[keys.DB].fetchrow(
         """UPDATE streams SET status = 'ended', ended_at = now(), updated_at = now()
            WHERE id = $1 AND status <> 'ended' RETURNING ended_at, total_tokens_received""", stream_id)
     if ended is None:
         if already_ended_ok:
             return await get_stream(app, stream_id, actor)
         raise ApiError("CONFLICT", "stream has already ended", details={"status": "ended"})
-    await app[appkeys.HUB].publish(
+    await app[socket_keys.HUB].publish(
         room_of(stream_id), "stream.ended",
         {"stream_id": str(stream_id), "ended_at": ended["ended_at"].isoformat(),
          "total_tokens_received": ended["total_tokens_received"]},
@@ -265,11 +266,11 @@ async def viewers(app: web.Application, identity: Identity | None, stream_id: uu
                             "viewers": None}
     if identity is None:
         return data, 0
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     me, _ = await rooms.standing(db, room, identity.user_id)
     if me.rank < rooms.RANK["moderator"]:
         return data, 0
-    members = await app[appkeys.PRESENCE].members(room, app[appkeys.SETTINGS].presence_members_max)
+    members = await app[socket_keys.PRESENCE].members(room, app[keys.SETTINGS].presence_members_max)
     user_ids = sorted({m["user_id"] for m in members.values() if m.get("user_id")})
     chosen = [uuid.UUID(u) for u in user_ids[(page - 1) * per_page:page * per_page]]
     names = {r["id"]: r["display_name"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
 log = logging.getLogger("greenroom.tips")
 
@@ -184,3 +185,5 @@ def _columns(tips: list[StreamTip]) -> list[list[Any]]:
             [t.to_user_id for t in tips], [t.amount for t in tips], [t.fee for t in tips],
             [t.message for t in tips]]
 
+
+TIPS = web.AppKey("tips", TipRecorder)  # batches stream tip records and running totals

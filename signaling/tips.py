@@ -28,15 +28,16 @@ from pydantic import Field, StrictInt
 from ledger import Result
 from ledger.model import INT64_MAX
 from ledger.tipping import transfer_tip
-from server import appkeys
-from server.errors import ApiError, forbidden, not_found
-from server.identity import Identity
-from server.limits import budget
+from server.kernel import keys
+from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.identity import Identity
+from server.kernel.limits import budget
 from server.outcomes import ledger_call, ledger_error
+from signaling import keys as socket_keys
 from signaling import rooms, streams
 from signaling.chat import UUID_PATTERN, clean_text
 from signaling.protocol import OpContext, OpData, op
-from signaling.tip_recorder import RecorderFull, StreamTip
+from signaling.tip_recorder import TIPS, RecorderFull, StreamTip
 
 # The schema's own cap; `tip_message_max_chars` (at most 1000) is checked after cleaning.
 SCHEMA_MESSAGE_MAX = 1000
@@ -56,7 +57,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     A tip to a stream needs the sender's right to tip in its room: `grant` from the socket's
     join, or decided here (bans and access rules apply to REST tips as well).
     """
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     if not 1 <= amount <= settings.tip_max_tokens:
         raise ApiError("VALIDATION_ERROR", f"amount must be 1..{settings.tip_max_tokens} tokens",
                        details={"field": "amount", "max": settings.tip_max_tokens})
@@ -64,7 +65,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     if len(text) > settings.tip_message_max_chars:
         raise ApiError("VALIDATION_ERROR", f"message is longer than {settings.tip_message_max_chars} characters",
                        details={"field": "message", "max_chars": settings.tip_message_max_chars})
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     if stream_id is not None:
         stream = await db.fetchrow("SELECT host_id, status FROM streams WHERE id = $1", stream_id)
         if stream is None:
@@ -102,7 +103,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     if owed:
         raise ApiError("WALLET_RESTRICTED", "your wallet owes tokens from a reversed purchase; buy tokens to settle it",
                        details={"owed_tokens": owed})
-    recorder = app[appkeys.TIPS]
+    recorder = app[TIPS]
     if stream_id is not None and not recorder.has_room():
         raise ApiError("OVERLOADED", "too many tips in flight; retry shortly with the same id")
     meta: dict[str, Any] = {}
@@ -111,7 +112,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     if stream_id is not None:
         meta["stream"] = str(stream_id)
     with ledger_call():
-        outcome = await transfer_tip(app[appkeys.LEDGER], app[appkeys.ACCOUNTS], tip_id=tip_id, sender=sender.user_id,
+        outcome = await transfer_tip(app[keys.LEDGER], app[keys.ACCOUNTS], tip_id=tip_id, sender=sender.user_id,
                                      recipient=to_user_id, amount=amount, fee_bps=settings.tip_fee_bps, metadata=meta)
     if not outcome.applied:
         raise ledger_error(outcome.result)
@@ -127,7 +128,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
 
 async def _announce(app: web.Application, tip: StreamTip, from_name: str) -> dict[str, Any]:
     """Record the stream tip and publish `tip.received` if it has not gone out yet."""
-    recorder = app[appkeys.TIPS]
+    recorder = app[TIPS]
     try:
         recorded = await recorder.record(tip)
     except (RecorderFull, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -138,7 +139,7 @@ async def _announce(app: web.Application, tip: StreamTip, from_name: str) -> dic
                  "from": {"user_id": str(tip.from_user_id), "display_name": from_name},
                  "amount": tip.amount, "message": tip.message, "stream_total": recorded.stream_total,
                  "top_tippers": recorded.top_tippers}
-        out["offset"] = await app[appkeys.HUB].publish(streams.room_of(tip.stream_id), "tip.received", event,
+        out["offset"] = await app[socket_keys.HUB].publish(streams.room_of(tip.stream_id), "tip.received", event,
                                                        idempotency_key=f"tip:{tip.tip_id}")
         recorder.broadcast_done(tip.tip_id)
     return out
@@ -153,7 +154,7 @@ async def stream_tips(app: web.Application, identity: Identity | None, stream_id
                       per_page: int) -> tuple[list[dict[str, Any]], int]:
     """A stream's tips, newest first, for whoever may see the stream; and the total count."""
     await streams.stream_room(app, identity, stream_id)
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     rows = await db.fetch(
         """SELECT t.tip_id, t.from_user_id, u.display_name, t.to_user_id, t.amount, t.message, t.created_at
            FROM stream_tips t JOIN users u ON u.id = t.from_user_id
@@ -177,8 +178,8 @@ async def tip_send(ctx: OpContext, data: TipSend) -> dict[str, Any]:
     if member is None or not member.grant.can_tip:
         raise forbidden("you may not tip in this room")
     grant: rooms.RoomGrant = member.grant
-    settings = ctx.app[appkeys.SETTINGS]
-    decision = await ctx.app[appkeys.LIMITER].hit(f"tips:{ctx.user.user_id}", budget(settings, "tips"))
+    settings = ctx.app[keys.SETTINGS]
+    decision = await ctx.app[keys.LIMITER].hit(f"tips:{ctx.user.user_id}", budget(settings, "tips"))
     if not decision.allowed:
         raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {settings.rate_tips_per_min} tips per minute",
                        details={"category": "tips", "retry_after_s": round(decision.retry_after_s, 3)})

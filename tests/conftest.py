@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.settings import Settings, load_settings
+from server.kernel.settings import Settings, load_settings
 from tests.services import PostgresForTests, RedisForTests
 
 _redis_dbs = itertools.count(1)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server import appkeys
-from server.identity import Role
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.identity import Role
+from server.kernel.settings import Settings
 from server.tokens import token_service
 from server.users import insert_user
 
@@ -56,9 +56,9 @@ async def make_user(app: web.Application, *, role: str = "viewer", email: str | 
     """An active user of `role` in the started `app`'s database, with a fresh access token."""
     assert role in ("viewer", "performer", "admin"), role
     typed_role: Role = role  # type: ignore[assignment]
-    settings = app[appkeys.SETTINGS]
+    settings = app[keys.SETTINGS]
     email = email or f"user{next(_serial)}-{uuid.uuid4().hex[:8]}@example.test"
-    user = await insert_user(app[appkeys.DB], email=email, password_hash=password_hash(settings, password),
+    user = await insert_user(app[keys.DB], email=email, password_hash=password_hash(settings, password),
                              display_name=display_name or email.split("@", 1)[0], role=typed_role)
     token, _ = token_service(app).issue_access(user.id, typed_role)
     return TestUser(user.id, user.email, password, role, token)

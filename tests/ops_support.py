@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server import appkeys
-from server.errors import ApiError
-from server.identity import Identity
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from server.kernel.identity import Identity
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def use_plain_auth(app: web.Application) -> None:
     """Install the plain authenticator after the app's own services start (it wins)."""
 
     async def install(app: web.Application) -> None:
-        app[appkeys.AUTH] = PlainAuthenticator()
+        app[keys.AUTH] = PlainAuthenticator()
 
     app.on_startup.append(install)
 

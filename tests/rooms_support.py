@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 import signaling.features  # noqa: F401 - registers the chat and moderation ops
-from server.identity import Identity
+from server.kernel.identity import Identity
 from signaling.protocol import OPS, OpContext
 from tests.factories import TestUser
 

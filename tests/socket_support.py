@@ -19,8 +19,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.settings import Settings
+from signaling import keys as socket_keys
 from signaling import rooms
 from signaling.hub import Hub
 from tests.factories import TestUser, make_user
@@ -130,13 +131,13 @@ async def connect(client: TestClient, *, token: str | None = None, guest: bool =
 
 
 def hub_of(client: TestClient) -> Hub:
-    return client.app[appkeys.HUB]
+    return client.app[socket_keys.HUB]
 
 
 async def public_room(app: web.Application, host: TestUser | None = None, access: rooms.Access = "public") -> str:
     """A stream room hosted by `host` (a new performer when None)."""
     host = host or await make_user(app, role="performer")
-    return await rooms.create_room(app[appkeys.DB], "stream", uuid.uuid4(), host.id, access)
+    return await rooms.create_room(app[keys.DB], "stream", uuid.uuid4(), host.id, access)
 
 
 async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]], within: float = WAIT_S) -> None:

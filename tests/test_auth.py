@@ -21,11 +21,11 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server import appkeys
-from server.errors import ApiError
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from server.kernel.settings import Settings
 from server.passwords import passwords_for, policy_problems
 from server.sessions import purge_expired
-from server.settings import Settings
 from server.tokens import TokenService, token_service
 from server.users import create_user
 from tests.factories import make_user
@@ -79,7 +79,7 @@ def claims_for(user_id: uuid.UUID, role: str = "viewer", **over: Any) -> dict[st
 
 
 async def current_key(api: TestClient) -> tuple[str, Ed25519PrivateKey, str]:
-    row = await api.app[appkeys.DB].fetchrow(
+    row = await api.app[keys.DB].fetchrow(
         "SELECT kid, private_pem, public_pem FROM signing_keys ORDER BY activates_at DESC LIMIT 1")
     key = serialization.load_pem_private_key(row["private_pem"].encode(), password=None)
     assert isinstance(key, Ed25519PrivateKey)
@@ -108,7 +108,7 @@ async def test_register_returns_tokens_and_user(api: TestClient) -> None:
         resp = await api.get(path, headers=bearer(data["access_token"]))
         assert resp.status == 200
         assert (await resp.json())["data"]["id"] == user["id"]
-    stored = await api.app[appkeys.DB].fetchval("SELECT password_hash FROM users WHERE id = $1",
+    stored = await api.app[keys.DB].fetchval("SELECT password_hash FROM users WHERE id = $1",
                                                 uuid.UUID(user["id"]))
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
 
@@ -119,7 +119,7 @@ async def test_register_as_performer_but_not_admin(api: TestClient) -> None:
     resp = await api.post("/v1/auth/register", json={"email": "boss@example.com", "password": PASSWORD,
                                                      "display_name": "Boss", "role": "admin"})
     assert await error_of(resp) == (403, "PERMISSION_DENIED")
-    assert await api.app[appkeys.DB].fetchval("SELECT count(*) FROM users WHERE role = 'admin'") == 0
+    assert await api.app[keys.DB].fetchval("SELECT count(*) FROM users WHERE role = 'admin'") == 0
     resp = await api.post("/v1/auth/register", json={"email": "x@example.com", "password": PASSWORD,
                                                      "display_name": "X", "role": "superuser"})
     assert await error_of(resp) == (422, "VALIDATION_ERROR")
@@ -179,7 +179,7 @@ async def test_register_enforces_password_policy(api: TestClient, password: str,
     assert resp.status == 422
     issues = [e["issue"] for e in (await resp.json())["error"]["details"]["errors"]]
     assert any(issue in i for i in issues), issues
-    assert await api.app[appkeys.DB].fetchval("SELECT count(*) FROM users") == 0
+    assert await api.app[keys.DB].fetchval("SELECT count(*) FROM users") == 0
 
 
 def test_password_policy_accepts_good_passwords(settings: Settings) -> None:
@@ -195,7 +195,7 @@ async def test_duplicate_email_is_409_case_insensitive(api: TestClient) -> None:
         resp = await api.post("/v1/auth/register", json=payload)
         data = await resp.json()
         assert resp.status == 409 and data["error"]["code"] == "CONFLICT"
-    assert await api.app[appkeys.DB].fetchval("SELECT count(*) FROM users") == 1
+    assert await api.app[keys.DB].fetchval("SELECT count(*) FROM users") == 1
 
 
 async def test_concurrent_registrations_of_one_email_create_one_user(api: TestClient) -> None:
@@ -213,7 +213,7 @@ async def test_login_and_no_user_enumeration(api: TestClient, monkeypatch: pytes
     data = (await resp.json())["data"]
     assert data["user"]["email"] == "known@example.com" and data["refresh_token"]
 
-    hasher = passwords_for(api.app[appkeys.SETTINGS])
+    hasher = passwords_for(api.app[keys.SETTINGS])
     calls: list[str] = []
     real_verify = hasher._verify
 
@@ -247,7 +247,7 @@ async def test_login_bad_input(api: TestClient) -> None:
 
 async def test_suspended_user_cannot_log_in(api: TestClient) -> None:
     user = await make_user(api.app)
-    await api.app[appkeys.DB].execute("UPDATE users SET status = 'suspended' WHERE id = $1", user.id)
+    await api.app[keys.DB].execute("UPDATE users SET status = 'suspended' WHERE id = $1", user.id)
     resp = await api.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
     assert await error_of(resp) == (403, "ACCOUNT_DISABLED")
     # A wrong password says nothing about the account's status.
@@ -260,7 +260,7 @@ async def test_login_rehashes_weaker_hashes(api: TestClient) -> None:
 
     user = await make_user(api.app)
     weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=2).hash(PASSWORD)  # parallelism differs
-    db = api.app[appkeys.DB]
+    db = api.app[keys.DB]
     await db.execute("UPDATE users SET password_hash = $2 WHERE id = $1", user.id, weak)
     resp = await api.post("/v1/auth/login", json={"email": user.email, "password": PASSWORD})
     assert resp.status == 200
@@ -308,7 +308,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(api: TestClient) -> 
     assert await error_of(resp) == (401, "INVALID_TOKEN")
     resp = await refresh(api, third["refresh_token"])
     assert await error_of(resp) == (401, "INVALID_TOKEN")
-    db = api.app[appkeys.DB]
+    db = api.app[keys.DB]
     assert await db.fetchval("SELECT revoked_reason FROM refresh_families") == "reuse"
     assert await db.fetchval("SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL") == 0
     # Stored hashed: the raw token is nowhere in the table.
@@ -339,7 +339,7 @@ async def test_refresh_rejects_bad_tokens(api: TestClient) -> None:
         assert resp.status in (401, 422), token
     resp = await api.post("/v1/auth/refresh", json={"refresh_token": 123})
     assert await error_of(resp) == (422, "VALIDATION_ERROR")
-    db = api.app[appkeys.DB]
+    db = api.app[keys.DB]
     await db.execute("UPDATE refresh_tokens SET expires_at = now() - interval '1 second'")
     resp = await refresh(api, first["refresh_token"])
     assert await error_of(resp) == (401, "INVALID_TOKEN")
@@ -347,7 +347,7 @@ async def test_refresh_rejects_bad_tokens(api: TestClient) -> None:
 
 async def test_suspended_user_cannot_refresh(api: TestClient) -> None:
     first = await register(api)
-    db = api.app[appkeys.DB]
+    db = api.app[keys.DB]
     await db.execute("UPDATE users SET status = 'banned'")
     resp = await refresh(api, first["refresh_token"])
     assert await error_of(resp) == (403, "ACCOUNT_DISABLED")
@@ -368,7 +368,7 @@ async def test_logout_revokes_the_family(api: TestClient) -> None:
         assert resp.status == 200
     resp = await api.post("/v1/auth/logout", json={})
     assert await error_of(resp) == (422, "VALIDATION_ERROR")
-    db = api.app[appkeys.DB]
+    db = api.app[keys.DB]
     assert await db.fetchval("SELECT revoked_reason FROM refresh_families") == "logout"
 
 
@@ -389,7 +389,7 @@ async def test_sessions_per_user_are_bounded(aiohttp_client: Any, make_app: Call
 async def test_expired_sessions_are_purged(api: TestClient) -> None:
     await register(api)
     keep = await register(api)
-    db = api.app[appkeys.DB]
+    db = api.app[keys.DB]
     await db.execute("UPDATE refresh_families SET expires_at = now() - interval '1 second' WHERE user_id <> $1",
                      uuid.UUID(keep["user"]["id"]))
     assert await purge_expired(db, 100) == 1
@@ -467,7 +467,7 @@ async def test_expired_token_says_so(api: TestClient) -> None:
 
 async def test_token_of_a_deleted_user(api: TestClient) -> None:
     user = await make_user(api.app)
-    await api.app[appkeys.DB].execute("DELETE FROM users WHERE id = $1", user.id)
+    await api.app[keys.DB].execute("DELETE FROM users WHERE id = $1", user.id)
     assert await error_of(await api.get("/v1/me", headers=user.headers)) == (401, "INVALID_TOKEN")
 
 
@@ -483,7 +483,7 @@ async def test_role_change_revokes_older_access_tokens(api: TestClient) -> None:
     assert jwt.decode(new["access_token"], options={"verify_signature": False})["role"] == "viewer"
     assert (await api.get("/v1/me", headers=bearer(new["access_token"]))).status == 200
     # Another worker learns the revocation from the database on its next reload.
-    other = TokenService(api.app[appkeys.SETTINGS], api.app[appkeys.DB])
+    other = TokenService(api.app[keys.SETTINGS], api.app[keys.DB])
     await other.load()
     with pytest.raises(ApiError) as exc:
         other.authenticate(old_access)
@@ -498,7 +498,7 @@ async def test_suspension_revokes_access_and_sessions(api: TestClient) -> None:
     assert resp.status == 200 and (await resp.json())["data"]["status"] == "suspended"
     assert await error_of(await api.get("/v1/me", headers=bearer(data["access_token"]))) == (401, "INVALID_TOKEN")
     assert await error_of(await refresh(api, data["refresh_token"])) == (401, "INVALID_TOKEN")
-    assert await api.app[appkeys.DB].fetchval("SELECT revoked_reason FROM refresh_families") == "disabled"
+    assert await api.app[keys.DB].fetchval("SELECT revoked_reason FROM refresh_families") == "disabled"
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -532,7 +532,7 @@ async def test_rotation_keeps_old_tokens_valid(aiohttp_client: Any, make_app: Ca
     kids = [k["kid"] for k in (await (await api.get("/.well-known/jwks.json")).json())["keys"]]
     assert kids == [new_kid, old_kid]
     # Once the old key's last token must have expired, it is neither published nor accepted.
-    await api.app[appkeys.DB].execute(
+    await api.app[keys.DB].execute(
         "UPDATE signing_keys SET retired_at = now() - interval '2 hours' WHERE kid = $1", old_kid)
     await tokens.load()
     assert await error_of(await api.get("/v1/me", headers=old_user.headers)) == (401, "INVALID_TOKEN")
@@ -546,7 +546,7 @@ async def test_rotated_key_is_published_before_it_signs(api: TestClient) -> None
     new_kid = await tokens.rotate()  # default publish delay: 150 s
     assert {k["kid"] for k in tokens.jwks()["keys"]} == {old_kid, new_kid}
     assert jwt.get_unverified_header(tokens.issue_access(uuid.uuid4(), "viewer")[0])["kid"] == old_kid
-    await api.app[appkeys.DB].execute("UPDATE signing_keys SET activates_at = now() - interval '1 second', "
+    await api.app[keys.DB].execute("UPDATE signing_keys SET activates_at = now() - interval '1 second', "
                                       "retired_at = CASE WHEN kid = $1 THEN now() - interval '1 second' END",
                                       old_kid)
     await tokens.load()
@@ -558,7 +558,7 @@ async def test_rotation_on_another_node_is_picked_up_on_unknown_kid(
         make_settings: Callable[..., Settings]) -> None:
     api = await aiohttp_client(make_app(make_settings(**FAST, key_publish_delay_s=0, key_miss_reload_s=0.01)))
     here = token_service(api.app)
-    there = TokenService(api.app[appkeys.SETTINGS], api.app[appkeys.DB])
+    there = TokenService(api.app[keys.SETTINGS], api.app[keys.DB])
     await there.start()
     await there.rotate()
     user = await make_user(api.app)
@@ -596,9 +596,9 @@ async def test_unknown_kid_reloads_are_rate_limited(api: TestClient) -> None:
 
 
 async def test_due_rotation_happens_once_across_workers(api: TestClient) -> None:
-    db = api.app[appkeys.DB]
+    db = api.app[keys.DB]
     await db.execute("UPDATE signing_keys SET created_at = now() - interval '31 days'")
-    settings = api.app[appkeys.SETTINGS]
+    settings = api.app[keys.SETTINGS]
     services = [TokenService(settings, db) for _ in range(4)]
     await asyncio.gather(*(s.maintain() for s in services))
     assert await db.fetchval("SELECT count(*) FROM signing_keys") == 2
@@ -609,13 +609,13 @@ async def test_due_rotation_happens_once_across_workers(api: TestClient) -> None
 
 
 async def test_keys_are_shared_by_workers_on_one_database(api: TestClient) -> None:
-    other = TokenService(api.app[appkeys.SETTINGS], api.app[appkeys.DB])
+    other = TokenService(api.app[keys.SETTINGS], api.app[keys.DB])
     await other.start()
     user = await make_user(api.app)
     assert other.authenticate(user.token).user_id == user.id
     token, _ = other.issue_access(user.id, "viewer")
     assert token_service(api.app).authenticate(token).user_id == user.id
-    assert await api.app[appkeys.DB].fetchval("SELECT count(*) FROM signing_keys") == 1
+    assert await api.app[keys.DB].fetchval("SELECT count(*) FROM signing_keys") == 1
 
 
 # --- CLI ----------------------------------------------------------------------------------
@@ -659,8 +659,8 @@ def test_cli_users_create_and_keys(dsn: str, monkeypatch: pytest.MonkeyPatch, tm
 
 
 async def test_admin_made_by_create_user_can_log_in(api: TestClient) -> None:
-    settings = api.app[appkeys.SETTINGS]
-    await create_user(api.app[appkeys.DB], settings, email="boss@example.com", password=PASSWORD, role="admin")
+    settings = api.app[keys.SETTINGS]
+    await create_user(api.app[keys.DB], settings, email="boss@example.com", password=PASSWORD, role="admin")
     resp = await api.post("/v1/auth/login", json={"email": "boss@example.com", "password": PASSWORD})
     data = (await resp.json())["data"]
     assert data["user"]["role"] == "admin"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from server.settings import Settings
+from server.kernel.settings import Settings
 from tests.wallet_support import available, fund
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -126,14 +126,14 @@ async def test_socket_module_resumes_after_the_server_drops_it(aiohttp_server: A
                                                                make_settings: Callable[..., Settings]) -> None:
     from playwright.async_api import async_playwright
 
-    from server import appkeys
+    from signaling import keys as socket_keys
     from signaling.protocol import Close
     from tests.socket_support import eventually, public_room
 
     server = await aiohttp_server(make_app(make_settings()))
     base = f"http://127.0.0.1:{server.port}"
     room = await public_room(server.app)
-    hub = server.app[appkeys.HUB]
+    hub = server.app[socket_keys.HUB]
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
-from server.errors import ApiError
+from server.kernel import keys
+from server.kernel.errors import ApiError
 from signaling import rooms
 from tests.factories import TestUser, make_user
 from tests.rooms_support import identity
@@ -44,7 +44,7 @@ async def test_chat_message_reaches_members_in_order_and_is_stored(socket_client
     while ev["offset"] != from_host["offset"]:
         ev = await a.event("chat.message")
     assert ev["data"]["author"]["role"] == "performer"
-    row = await app[appkeys.DB].fetchrow("SELECT room, author_id, text FROM chat_messages WHERE id = $1::uuid",
+    row = await app[keys.DB].fetchrow("SELECT room, author_id, text FROM chat_messages WHERE id = $1::uuid",
                                          sent["id"])
     assert (row["room"], row["author_id"], row["text"]) == (room, alice.id, "hello world !")
 
@@ -55,7 +55,7 @@ async def test_refusals_are_error_replies_not_disconnects(client: TestClient) ->
     room = await public_room(app)
     other_room = await public_room(app)
     sock = await _joined(client, viewer, room)
-    limit = app[appkeys.SETTINGS].chat_max_chars
+    limit = app[keys.SETTINGS].chat_max_chars
     assert await sock.error("chat.send", room, text="x" * (limit + 1)) == "VALIDATION_ERROR"
     assert (await sock.ok("chat.send", room, text="x" * limit))["id"]
     for bad in ("", "   ", "\x00\x01\n\t", "\u202e\u2066"):
@@ -82,7 +82,7 @@ async def test_chat_flood_is_rate_limited_per_room(socket_client: MakeClient) ->
     frame = await sock.request("chat.send", room, text="flood")
     assert frame["error"]["code"] == "RATE_LIMIT_EXCEEDED" and frame["error"]["details"]["retry_after_s"] > 0
     await sock.ok("chat.send", room2, text="elsewhere is fine")
-    count = await app[appkeys.DB].fetchval("SELECT count(*) FROM chat_messages WHERE room = $1", room)
+    count = await app[keys.DB].fetchval("SELECT count(*) FROM chat_messages WHERE room = $1", room)
     assert count == 3
 
 
@@ -145,7 +145,7 @@ async def test_delete_rights(client: TestClient) -> None:
     assert await b.error("chat.delete", other_room, id=msg1["id"]) == "NOT_FOUND"
     assert await a.error("chat.delete", room, id="00000000-0000-0000-0000-000000000000") == "NOT_FOUND"
     assert await a.error("chat.delete", room, id="nope") == "VALIDATION_ERROR"
-    deleted_by = await app[appkeys.DB].fetchval("SELECT deleted_by FROM chat_messages WHERE id = $1::uuid",
+    deleted_by = await app[keys.DB].fetchval("SELECT deleted_by FROM chat_messages WHERE id = $1::uuid",
                                                 msg2["id"])
     assert deleted_by == mod.id
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
+from server.kernel import keys
 from server.tokens import token_service
 from signaling.client import REJOINED, ClientError, Event, GreenroomClient, ReconnectPolicy
 from signaling.protocol import Close
@@ -177,7 +177,7 @@ async def test_token_is_refreshed_on_the_live_socket(socket_client: SocketClient
         issued.append(token)
         return token
 
-    ttl = client.app[appkeys.SETTINGS].access_token_ttl_s
+    ttl = client.app[keys.SETTINGS].access_token_ttl_s
     # Refresh almost at once: the margin is nearly the token's whole life.
     async with GreenroomClient(url_of(client), token_provider=provider, refresh_margin_s=ttl - 1.2) as gc:
         first_exp = gc.identity["expires_at"]

@@ -8,7 +8,7 @@ import pytest
 from ledger.accounts import accounts_of, balances
 from server.cli import main
 from server.demo import GRANT_TOKENS, PASSWORD, USERS, run_seed
-from server.settings import Settings
+from server.kernel.settings import Settings
 
 
 async def test_seed_is_complete_and_idempotent(settings: Settings, dsn: str) -> None:

@@ -9,8 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
+from server.kernel.settings import SettingsError, load_settings
 from server.migrator import discover, migrate
-from server.settings import SettingsError, load_settings
 
 
 async def test_unknown_path_is_404_in_error_shape(client: TestClient) -> None:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 import tests.conftest
-from server.settings import Settings
+from server.kernel.settings import Settings
 
 
 async def test_a_slow_shutdown_dumps_where_every_task_waits(make_app: Callable[[Settings], web.Application],

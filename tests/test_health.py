@@ -15,10 +15,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import __version__, appkeys
+from server import __version__
+from server.kernel import keys
+from server.kernel.settings import Settings
 from server.logs import JsonFormatter
 from server.routing import Call, Router, mount, ok
-from server.settings import Settings
 from tests.ops_support import use_plain_auth
 from tests.services import PostgresForTests, RedisForTests
 
@@ -126,7 +127,7 @@ async def test_metrics_count_requests_by_route_template(client: TestClient) -> N
     size = sample(text, "greenroom_db_pool_size")
     assert size is not None and size >= 1
     assert 0 <= sample(text, "greenroom_db_pool_in_use") <= size  # type: ignore[operator]
-    assert sample(text, "greenroom_db_pool_max") == client.app[appkeys.SETTINGS].db_pool_max  # type: ignore[index]
+    assert sample(text, "greenroom_db_pool_max") == client.app[keys.SETTINGS].db_pool_max  # type: ignore[index]
     assert sample(text, "greenroom_websockets_open") == 0
 
 
@@ -147,9 +148,9 @@ async def test_status_reports_live_counts(client: TestClient) -> None:
     assert data["version"] == __version__
     counts = data["counts"]
     assert counts["open_sockets"] == 0 and counts["ledger_queue_depth"] == 0
-    assert 1 <= counts["db_pool_size"] <= client.app[appkeys.SETTINGS].db_pool_max  # type: ignore[index]
+    assert 1 <= counts["db_pool_size"] <= client.app[keys.SETTINGS].db_pool_max  # type: ignore[index]
     assert 0 <= counts["db_pool_in_use"] <= counts["db_pool_size"]  # background tasks may hold one
-    metrics = client.app[appkeys.METRICS]  # type: ignore[index]
+    metrics = client.app[keys.METRICS]  # type: ignore[index]
     metrics.ws_opened()
     metrics.ws_opened()
     metrics.ws_closed()
@@ -163,7 +164,7 @@ async def test_status_reports_live_counts(client: TestClient) -> None:
 
 
 def test_ws_closed_more_than_opened_is_a_bug() -> None:
-    from server.metrics import Metrics
+    from server.kernel.metrics import Metrics
 
     with pytest.raises(AssertionError):
         Metrics(lambda: None).ws_closed()

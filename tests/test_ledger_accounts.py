@@ -28,7 +28,7 @@ from ledger import (
     create_accounts,
     lookup_accounts,
 )
-from server import appkeys
+from server.kernel import keys
 from tests.ledger_support import (
     CLEARING,
     LINKED,
@@ -261,10 +261,10 @@ async def test_greenroom_audit_exits_nonzero_with_offending_ids(dsn: str, db: as
 
 
 async def test_app_runs_one_engine_and_sweeper(client: TestClient, db: asyncpg.Connection) -> None:
-    engine = client.app[appkeys.LEDGER]
+    engine = client.app[keys.LEDGER]
     a, b = await wallets(db, 2)
     outcomes = await engine.submit([move(CLEARING, a, 50, Code.PURCHASE), move(a, b, 20)])
     assert [o.result for o in outcomes] == [Result.OK, Result.OK]
     assert engine.stats.batches >= 1
-    balance = await balances(client.app[appkeys.DB], a)
+    balance = await balances(client.app[keys.DB], a)
     assert balance is not None and balance.available == 30

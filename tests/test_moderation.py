@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
-from server.errors import ApiError
+from server.kernel import keys
+from server.kernel.errors import ApiError
 from signaling import retention, rooms
 from tests.factories import TestUser, make_user
 from tests.rooms_support import call_op, identity, new_stream, room_of
@@ -31,7 +31,7 @@ async def cast(client: TestClient) -> dict[str, TestUser]:
 
 
 async def _show(client: TestClient, host: TestUser, access: rooms.Access) -> str:
-    return await rooms.create_show_room(client.app[appkeys.DB], host.id, uuid.uuid4(), access)
+    return await rooms.create_show_room(client.app[keys.DB], host.id, uuid.uuid4(), access)
 
 
 async def _code(coro: object) -> str:
@@ -61,7 +61,7 @@ ACCESS_MATRIX = {
 
 async def test_authorize_join_for_every_access_rule_and_role(client: TestClient,
                                                              cast: dict[str, TestUser]) -> None:
-    app, db = client.app, client.app[appkeys.DB]
+    app, db = client.app, client.app[keys.DB]
     extra = {name: await make_user(app) for name in ("ticket_holder", "pass_holder", "invited", "expired_ticket")}
     people = {**cast, **extra}
     past = datetime.now(UTC) - timedelta(minutes=1)
@@ -82,7 +82,7 @@ async def test_authorize_join_for_every_access_rule_and_role(client: TestClient,
 async def test_join_grant_rights_by_role(client: TestClient, cast: dict[str, TestUser]) -> None:
     app = client.app
     room = await _show(client, cast["host"], "public")
-    await app[appkeys.DB].execute("INSERT INTO room_moderators (room, user_id) VALUES ($1, $2)",
+    await app[keys.DB].execute("INSERT INTO room_moderators (room, user_id) VALUES ($1, $2)",
                                   room, cast["moderator"].id)
     host = await rooms.authorize_join(app, identity(cast["host"]), room)
     assert (host.role, host.can_chat, host.can_tip, host.can_moderate) == ("performer", True, False, True)
@@ -112,7 +112,7 @@ async def test_unknown_room_is_not_found(client: TestClient, cast: dict[str, Tes
 
 async def test_show_room_creation_is_idempotent_for_its_host_only(client: TestClient,
                                                                   cast: dict[str, TestUser]) -> None:
-    db = client.app[appkeys.DB]
+    db = client.app[keys.DB]
     show_id = uuid.uuid4()
     name = await rooms.create_show_room(db, cast["host"].id, show_id)
     assert name == f"show:{show_id}"
@@ -131,7 +131,7 @@ async def test_banned_user_rejoining_is_refused_until_unbanned(client: TestClien
     assert out["user_id"] == str(cast["viewer"].id) and out["until"] is None
     assert await _code(rooms.authorize_join(app, identity(cast["viewer"]), room)) == "BANNED"
     # durable: it is a row, not node memory
-    assert await app[appkeys.DB].fetchval("SELECT reason FROM room_bans WHERE room = $1", room) == "spam"
+    assert await app[keys.DB].fetchval("SELECT reason FROM room_bans WHERE room = $1", room) == "spam"
     await call_op(app, "room.unban", cast["host"], room, {"user_id": str(cast["viewer"].id)})
     assert await _code(rooms.authorize_join(app, identity(cast["viewer"]), room)) == "OK"
     assert await _code(call_op(app, "room.unban", cast["host"], room,
@@ -144,14 +144,14 @@ async def test_timed_ban_lapses(client: TestClient, cast: dict[str, TestUser]) -
     out = await call_op(app, "room.ban", cast["host"], room, {"user_id": str(cast["viewer"].id), "duration_s": 60})
     assert out["until"] is not None
     assert await _code(rooms.authorize_join(app, identity(cast["viewer"]), room)) == "BANNED"
-    await app[appkeys.DB].execute("UPDATE room_bans SET until = now() - interval '1 second'")
+    await app[keys.DB].execute("UPDATE room_bans SET until = now() - interval '1 second'")
     assert await _code(rooms.authorize_join(app, identity(cast["viewer"]), room)) == "OK"
 
 
 async def test_ban_duration_is_bounded(client: TestClient, cast: dict[str, TestUser]) -> None:
     app = client.app
     room = room_of(await new_stream(client, cast["host"]))
-    too_long = app[appkeys.SETTINGS].room_ban_max_s + 1
+    too_long = app[keys.SETTINGS].room_ban_max_s + 1
     assert await _code(call_op(app, "room.ban", cast["host"], room,
                                {"user_id": str(cast["viewer"].id), "duration_s": too_long})) == "VALIDATION_ERROR"
 
@@ -185,7 +185,7 @@ async def test_rank_rules(client: TestClient, cast: dict[str, TestUser]) -> None
     # what is allowed: moderator kicks a viewer, host bans a moderator (who then loses the role)
     assert (await call_op(app, "room.kick", cast["moderator"], room, {"user_id": viewer_id}))["user_id"] == viewer_id
     await call_op(app, "room.ban", cast["host"], room, {"user_id": mod_id})
-    assert await app[appkeys.DB].fetchval("SELECT count(*) FROM room_moderators WHERE user_id = $1",
+    assert await app[keys.DB].fetchval("SELECT count(*) FROM room_moderators WHERE user_id = $1",
                                           cast["moderator"].id) == 0
 
 
@@ -198,7 +198,7 @@ async def test_moderator_cap_holds_under_concurrency(client: TestClient, make_se
     users = [await make_user(app) for _ in range(8)]
     results = await asyncio.gather(*(_code(rooms.add_moderator(app, identity(host), room, u.id)) for u in users))
     assert sorted(results) == ["CONFLICT"] * 5 + ["OK"] * 3
-    assert await app[appkeys.DB].fetchval("SELECT count(*) FROM room_moderators WHERE room = $1", room) == 3
+    assert await app[keys.DB].fetchval("SELECT count(*) FROM room_moderators WHERE room = $1", room) == 3
 
 
 @pytest.mark.parametrize("data", [
@@ -266,7 +266,7 @@ async def test_reports_and_flags(client: TestClient, cast: dict[str, TestUser]) 
 async def test_retention_purge_deletes_only_old_rows_in_bounded_batches(client: TestClient, make_settings,  # type: ignore[no-untyped-def]
                                                                         cast: dict[str, TestUser]) -> None:
     app = client.app
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     room = room_of(await new_stream(client, cast["host"]))
     old = [uuid.uuid4() for _ in range(5)]
     fresh = [uuid.uuid4() for _ in range(3)]

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result
 from ledger.payouts import request_payout
-from server import appkeys
+from server.kernel import keys
 from tests.factories import TestUser, make_user
 from tests.wallet_support import available, fund
 
@@ -70,7 +70,7 @@ async def test_payout_lifecycle(client: TestClient, people: dict[str, TestUser])
     assert [(r["transaction_type"], r["amount_tokens"], r["balance_after"]) for r in rows[:4]] == [
         ("payout_cancelled", 2000, 2500), ("payout_completed", 0, 500), ("payout_requested", -2000, 500),
         ("payout_requested", -1500, 2500)]
-    log = await app[appkeys.DB].fetch("SELECT action, actor_id, target_user_id, details->>'amount' AS amount "
+    log = await app[keys.DB].fetch("SELECT action, actor_id, target_user_id, details->>'amount' AS amount "
                                       "FROM admin_audit_log ORDER BY created_at")
     assert [(r["action"], r["actor_id"], r["target_user_id"], r["amount"]) for r in log] == [
         ("payout.approve", admin.id, performer.id, "1500"), ("payout.reject", admin.id, performer.id, "2000")]
@@ -91,7 +91,7 @@ async def test_payout_request_refusals(client: TestClient, people: dict[str, Tes
     assert (await _request(client, people["admin"], {"amount": 1000})).status == 403
     assert (await _request(client, performer, {"amount": 1000, "user_id": str(people["performer2"].id)})).status == 422
     assert (await client.post("/v1/payouts/request", json={"amount": 1000})).status == 401
-    await app[appkeys.DB].execute("INSERT INTO wallet_debts (user_id, owed) VALUES ($1, 1)", performer.id)
+    await app[keys.DB].execute("INSERT INTO wallet_debts (user_id, owed) VALUES ($1, 1)", performer.id)
     resp = await _request(client, performer, {"amount": 1000})
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "WALLET_RESTRICTED"
     assert await available(app, performer.id, AccountKind.EARNINGS) == 2000
@@ -140,7 +140,7 @@ async def test_payout_listing_and_decisions_are_guarded(client: TestClient, peop
 async def test_expired_payout_cannot_be_approved(client: TestClient, people: dict[str, TestUser]) -> None:
     app, performer, admin = client.app, people["performer"], people["admin"]
     await _earn(client, performer, 1000)
-    requested = await request_payout(app[appkeys.LEDGER], app[appkeys.ACCOUNTS], app[appkeys.DB],
+    requested = await request_payout(app[keys.LEDGER], app[keys.ACCOUNTS], app[keys.DB],
                                      payout_id=uuid.uuid4(), user_id=performer.id, amount=1000, timeout_s=1)
     assert requested.result is Result.OK and requested.payout is not None
     await asyncio.sleep(1.2)
@@ -163,15 +163,15 @@ async def test_admin_adjustments_are_audited(client: TestClient, people: dict[st
     assert (await resp.json())["data"]["balance"] == 200
     over = await _adjust(client, admin, {"user_id": str(viewer.id), "amount": -201, "reason": "too much"})
     assert over.status == 409 and (await over.json())["error"]["code"] == "INSUFFICIENT_BALANCE"
-    promotions = await app[appkeys.DB].fetchval(
+    promotions = await app[keys.DB].fetchval(
         "SELECT credits_posted - debits_posted FROM ledger_accounts WHERE id = 3")
     assert promotions == -200
-    log = await app[appkeys.DB].fetch("SELECT actor_id, target_user_id, action, details FROM admin_audit_log "
+    log = await app[keys.DB].fetch("SELECT actor_id, target_user_id, action, details FROM admin_audit_log "
                                       "ORDER BY created_at")
     assert [(r["actor_id"], r["target_user_id"], r["action"]) for r in log] == [
         (admin.id, viewer.id, "wallet.adjust"), (admin.id, viewer.id, "wallet.adjust")]
     with pytest.raises(Exception, match="append-only"):
-        await app[appkeys.DB].execute("DELETE FROM admin_audit_log")
+        await app[keys.DB].execute("DELETE FROM admin_audit_log")
     rows = (await (await client.get("/v1/wallet/transactions", headers=viewer.headers)).json())["data"]
     assert [(r["transaction_type"], r["amount_tokens"], r["description"]) for r in rows] == [
         ("adjustment_debit", -100, "Adjustment: duplicate grant"),
@@ -198,7 +198,7 @@ async def test_admin_adjust_refusals(client: TestClient, people: dict[str, TestU
         resp = await _adjust(client, who, body)
         assert resp.status == status, (body, await resp.text())
     assert await available(client.app, viewer.id) == 0
-    assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM admin_audit_log") == 0
+    assert await client.app[keys.DB].fetchval("SELECT count(*) FROM admin_audit_log") == 0
 
 
 async def test_admin_adjust_idempotency(client: TestClient, people: dict[str, TestUser]) -> None:
@@ -210,7 +210,7 @@ async def test_admin_adjust_idempotency(client: TestClient, people: dict[str, Te
     c = await _adjust(client, admin, {**body, "amount": 60}, key="a1")
     assert c.status == 409
     assert await available(client.app, viewer.id) == 50
-    assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM admin_audit_log") == 1
+    assert await client.app[keys.DB].fetchval("SELECT count(*) FROM admin_audit_log") == 1
 
 
 async def test_audit_route_reports_violations_with_ids(client: TestClient, people: dict[str, TestUser]) -> None:
@@ -219,9 +219,9 @@ async def test_audit_route_reports_violations_with_ids(client: TestClient, peopl
     await fund(app, viewer.id, 100)
     report = (await (await client.get("/v1/admin/ledger/audit", headers=admin.headers)).json())["data"]
     assert report["ok"] is True and all(c["ok"] for c in report["checks"])
-    wallet = await app[appkeys.ACCOUNTS].id(AccountKind.WALLET, viewer.id)
+    wallet = await app[keys.ACCOUNTS].id(AccountKind.WALLET, viewer.id)
     # Corrupt a counter behind the engine's back: the audit must name the account.
-    await app[appkeys.DB].execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 1 WHERE id = $1",
+    await app[keys.DB].execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 1 WHERE id = $1",
                                   wallet)
     resp = await client.get("/v1/admin/ledger/audit", headers=admin.headers)
     report = (await resp.json())["data"]

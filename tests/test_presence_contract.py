@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from server.settings import load_settings
+from server.kernel.settings import load_settings
 from signaling.backend import create_broker, create_presence
 from signaling.memory_broker import MemoryBroker
 from signaling.presence import MemoryPresence, Presence, RedisPresence

@@ -17,10 +17,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from server.app import create_app
-from server.limits import Budget
+from server.kernel.limits import Budget
+from server.kernel.settings import Settings
 from server.ratelimit import KEY_PREFIX, US, MemoryLimiter, RedisLimiter, gcra
 from server.routing import Call, Router, mount, ok
-from server.settings import Settings
 from tests.ops_support import use_plain_auth
 from tests.services import RedisForTests
 

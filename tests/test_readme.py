@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rest import ROUTERS
-from server.settings import Settings, env_name
+from server.kernel.settings import Settings, env_name
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

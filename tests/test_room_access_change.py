@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from server import appkeys
+from server.kernel import keys
 from signaling import rooms
 from tests.factories import make_user
 from tests.socket_support import connect, eventually, hub_of
@@ -30,7 +30,7 @@ async def test_members_the_new_rule_does_not_admit_are_removed(socket_client: An
     assert resp.status == 201, await resp.text()
     stream = (await resp.json())["data"]
     room = stream["room"]
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     await rooms.grant(db, room, holder.id, "pass")
     await db.execute("INSERT INTO room_moderators (room, user_id) VALUES ($1, $2)", room, moderator.id)
 
@@ -84,7 +84,7 @@ async def test_admitted_agrees_with_admits_for_every_grant(access: rooms.Access,
                                                            make_app: Any, aiohttp_client: Any) -> None:
     client = await aiohttp_client(make_app(make_settings()))
     app = client.app
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     host = await make_user(app, role="performer")
     room = await rooms.create_room(db, "stream", uuid.uuid4(), host.id, access)
     admin = await make_user(app, role="admin")

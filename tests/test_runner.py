@@ -19,10 +19,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from server import appkeys, runner
+from server import runner
 from server.app import create_app
+from server.kernel import keys
+from server.kernel.settings import Settings
 from server.runner import serve_app, stop_bound_s
-from server.settings import Settings
 from tests.ops_support import ServerProcess, exits_soon
 from tests.services import free_port
 
@@ -95,7 +96,7 @@ async def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Pat
 
 
 def load_bound() -> Settings:
-    from server.settings import load_settings
+    from server.kernel.settings import load_settings
 
     return load_settings(shutdown_timeout_s=SHUTDOWN_S)
 
@@ -182,7 +183,7 @@ async def test_shutdown_closes_sockets_going_away_while_pools_are_open(
         return ws
 
     async def going_away(app: web.Application) -> None:
-        seen_in_shutdown.append(await app[appkeys.DB].fetchval("SELECT 1"))
+        seen_in_shutdown.append(await app[keys.DB].fetchval("SELECT 1"))
         for ws in list(sockets):
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
@@ -204,7 +205,7 @@ async def test_shutdown_closes_sockets_going_away_while_pools_are_open(
         await ws.close()
     assert await asyncio.wait_for(task, timeout=stop_bound_s(settings)) == 0
     assert seen_in_shutdown == [1]
-    assert app[appkeys.DB].is_closing()
+    assert app[keys.DB].is_closing()
 
 
 @pytest.mark.skipif(not Path("/usr/bin/ss").exists(), reason="iproute2's ss is not installed")

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.settings import Settings
+from server.kernel.settings import Settings
 from tests.factories import make_user
 from tests.socket_support import Sock, connect, eventually, hub_of, public_room
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from server.settings import Settings
+from server.kernel.settings import Settings
 from signaling.connection import Connection, Outbox
 from signaling.frames import text_frame
 from signaling.protocol import Close, event_body, event_payload

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
-from server.errors import ApiError
-from server.identity import Identity
+from server.kernel import keys
+from server.kernel.errors import ApiError
+from server.kernel.identity import Identity
 from signaling.protocol import Close
 from tests.factories import make_user
 from tests.socket_support import connect, eventually, hub_of, public_room
@@ -213,7 +213,7 @@ class ShortTokens:
 
 def use_short_tokens(app: web.Application) -> None:
     async def install(app: web.Application) -> None:
-        app[appkeys.AUTH] = ShortTokens()
+        app[keys.AUTH] = ShortTokens()
 
     app.on_startup.append(install)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
+from signaling import keys as socket_keys
 from tests.socket_support import Sock, connect, hub_of, public_room
 
 MakeClient = Callable[..., Awaitable[TestClient]]
@@ -120,7 +120,7 @@ async def test_hub_fills_a_gap_that_pub_sub_lost(socket_client: MakeClient) -> N
     room = await public_room(client.app)
     sock = await connect(client, guest=True)
     await sock.ok("join", room)
-    broker = client.app[appkeys.BROKER]
+    broker = client.app[socket_keys.BROKER]
     before = await publish_n(client, room, 2)
     await read_until(sock, before[-1])
     await broker.unsubscribe(room)  # this node now misses publications, as after a pub/sub outage
@@ -137,7 +137,7 @@ async def test_unfillable_gap_tells_members_to_resync(socket_client: MakeClient)
     room = await public_room(client.app)
     sock = await connect(client, guest=True)
     joined = await sock.ok("join", room)
-    broker = client.app[appkeys.BROKER]
+    broker = client.app[socket_keys.BROKER]
     await broker.unsubscribe(room)
     await publish_n(client, room, 5)  # history keeps 2: the node cannot fill this gap
     await broker.subscribe(room)

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result
 from ledger.tipping import transfer_tip
-from server import appkeys
+from server.kernel import keys
 from tests.factories import TestUser, make_user
 from tests.rooms_support import new_stream, room_of
 from tests.socket_support import Sock, connect
@@ -99,8 +99,8 @@ async def test_publish_after_a_crash_between_ledger_commit_and_broadcast(socket_
     stream = await _live(client, host)
     room = room_of(stream)
     tip_id = uuid.uuid4()
-    outcome = await transfer_tip(app[appkeys.LEDGER], app[appkeys.ACCOUNTS], tip_id=tip_id, sender=fan.id,
-                                 recipient=host.id, amount=50, fee_bps=app[appkeys.SETTINGS].tip_fee_bps,
+    outcome = await transfer_tip(app[keys.LEDGER], app[keys.ACCOUNTS], tip_id=tip_id, sender=fan.id,
+                                 recipient=host.id, amount=50, fee_bps=app[keys.SETTINGS].tip_fee_bps,
                                  metadata={"message": "hi", "stream": stream["id"]})
     assert outcome.result is Result.OK
     sock = await _joined(client, fan, room)
@@ -166,7 +166,7 @@ async def test_stream_totals_and_top_tippers_under_concurrency(socket_client: Ma
     await asyncio.gather(*(tip(f, a) for f, a in zip(fans, amounts, strict=True)))
     got = (await (await client.get(f"/v1/streams/{stream['id']}")).json())["data"]
     assert got["total_tokens_received"] == sum(amounts)
-    db = app[appkeys.DB]
+    db = app[keys.DB]
     assert await db.fetchval("SELECT count(*) FROM stream_tips WHERE stream_id = $1", uuid.UUID(stream["id"])) == 40
     assert await db.fetchval("SELECT sum(total) FROM stream_tippers WHERE stream_id = $1",
                              uuid.UUID(stream["id"])) == sum(amounts)

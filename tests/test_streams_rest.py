@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
+from server.kernel import keys
 from signaling import rooms
 from tests.factories import TestUser, make_user
 from tests.rooms_support import new_stream, room_of
@@ -44,7 +44,7 @@ async def test_create_stream_creates_its_room(client: TestClient, people: dict[s
     assert stream["status"] == "created" and stream["viewer_count"] == 0 and stream["total_tokens_received"] == 0
     assert stream["host_id"] == str(people["host"].id) and stream["host_name"] == "Host One"
     assert stream["room"] == f"stream:{stream['id']}" and stream["started_at"] is None
-    row = await client.app[appkeys.DB].fetchrow("SELECT * FROM rooms WHERE name = $1", stream["room"])
+    row = await client.app[keys.DB].fetchrow("SELECT * FROM rooms WHERE name = $1", stream["room"])
     assert row["host_id"] == people["host"].id and row["access"] == "pass" and row["kind"] == "stream"
 
 
@@ -66,7 +66,7 @@ async def test_create_stream_validation(client: TestClient, people: dict[str, Te
     for body in BAD_CREATE_BODIES:
         resp = await client.post("/v1/streams", json=body, headers=people["host"].headers)
         assert (await _json(resp, 422))["error"]["code"] == "VALIDATION_ERROR", body
-    assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM streams") == 0
+    assert await client.app[keys.DB].fetchval("SELECT count(*) FROM streams") == 0
 
 
 async def test_only_performers_and_admins_create(client: TestClient, people: dict[str, TestUser]) -> None:
@@ -125,7 +125,7 @@ async def test_one_live_stream_per_host_even_when_started_concurrently(client: T
     ids = [(await new_stream(client, host))["id"] for _ in range(4)]
     resps = await asyncio.gather(*(client.post(f"/v1/streams/{sid}/start", headers=host.headers) for sid in ids))
     assert sorted(r.status for r in resps) == [200, 409, 409, 409]
-    assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM streams WHERE status = 'live'") == 1
+    assert await client.app[keys.DB].fetchval("SELECT count(*) FROM streams WHERE status = 'live'") == 1
 
 
 async def test_open_streams_cap_holds_under_concurrency(aiohttp_client, make_app, make_settings) -> None:  # type: ignore[no-untyped-def]
@@ -148,7 +148,7 @@ async def test_patch(client: TestClient, people: dict[str, TestUser]) -> None:
     resp = await client.patch(url, json={"title": "New", "category": None, "access": "private"}, headers=host.headers)
     data = (await _json(resp, 200))["data"]
     assert (data["title"], data["category"], data["access"], data["tags"]) == ("New", None, "private", ["a"])
-    assert await client.app[appkeys.DB].fetchval("SELECT access FROM rooms WHERE name = $1", data["room"]) == "private"
+    assert await client.app[keys.DB].fetchval("SELECT access FROM rooms WHERE name = $1", data["room"]) == "private"
     for bad in ({"title": None}, {"title": " "}, {"tags": None}, {"access": None}, {"status": "live"},
                 {"total_tokens_received": 5}):
         assert (await client.patch(url, json=bad, headers=host.headers)).status == 422, bad
@@ -206,7 +206,7 @@ async def test_private_stream_is_hidden_from_outsiders(client: TestClient, peopl
     assert (await client.get(url)).status == 404
     assert (await client.get(url, headers=people["viewer"].headers)).status == 404
     assert (await client.post(url + "/join", headers=people["viewer"].headers)).status == 404
-    await rooms.grant(client.app[appkeys.DB], room_of(stream), people["viewer"].id, "invite")
+    await rooms.grant(client.app[keys.DB], room_of(stream), people["viewer"].id, "invite")
     assert (await client.get(url, headers=people["viewer"].headers)).status == 200
     assert (await client.post(url + "/join", headers=people["viewer"].headers)).status == 200
     assert (await client.get(url, headers=people["admin"].headers)).status == 200
@@ -226,7 +226,7 @@ async def test_join_tells_room_socket_and_rights(client: TestClient, people: dic
     ticketed = await new_stream(client, people["host"], access="ticket")
     resp = await client.post(f"/v1/streams/{ticketed['id']}/join", headers=people["viewer"].headers)
     assert (await _json(resp, 403))["error"]["code"] == "PERMISSION_DENIED"
-    await rooms.grant(client.app[appkeys.DB], room_of(ticketed), people["viewer"].id, "ticket")
+    await rooms.grant(client.app[keys.DB], room_of(ticketed), people["viewer"].id, "ticket")
     resp = await client.post(f"/v1/streams/{ticketed['id']}/join", headers=people["viewer"].headers)
     await _json(resp, 200)
 

@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ledger import AccountKind, Code, Result, Transfer, TransferFlags, debts, purchases
-from server import appkeys
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.settings import Settings
 from tests.factories import TestUser, make_user
 from tests.wallet_support import (
     STRIPE_KEY,
@@ -92,7 +92,7 @@ async def test_buy_creates_a_checkout_session_through_stripe(stripe_client: Make
     assert form["metadata[user_id]"] == str(user.id) and form["metadata[tokens]"] == "500"
     assert form["payment_intent_data[metadata][user_id]"] == str(user.id)
     assert "{CHECKOUT_SESSION_ID}" in form["success_url"]
-    row = await client.app[appkeys.DB].fetchrow("SELECT * FROM purchases WHERE session_id = $1", data["session_id"])
+    row = await client.app[keys.DB].fetchrow("SELECT * FROM purchases WHERE session_id = $1", data["session_id"])
     assert (row["user_id"], row["tokens"], row["amount_total"], row["status"]) == (user.id, 500, 899, "pending")
     # A replay with the same key answers from the stored response, without a second Stripe call.
     again = await _buy(client, user, 500, key="buy-1")
@@ -117,7 +117,7 @@ async def test_buy_when_stripe_fails_or_is_not_configured(stripe_client: MakeCli
     fake_stripe.fail_next = 1
     resp = await sc.post("/v1/wallet/buy", json={"pack_tokens": 100}, headers=user.headers)
     assert resp.status == 502 and (await resp.json())["error"]["code"] == "PAYMENT_PROVIDER_ERROR"
-    assert await sc.app[appkeys.DB].fetchval("SELECT count(*) FROM purchases") == 0
+    assert await sc.app[keys.DB].fetchval("SELECT count(*) FROM purchases") == 0
     # The default client has no Stripe key and no webhook secret.
     plain = await make_user(client.app)
     resp = await client.post("/v1/wallet/buy", json={"pack_tokens": 100}, headers=plain.headers)
@@ -164,7 +164,7 @@ async def test_completed_credits_once_whatever_the_duplicates_and_order(stripe_c
     late = event("checkout.session.async_payment_succeeded", session_object(sid, user.id, 1000, amount))
     assert (await post_event(client, late))["result"] == "duplicate"
     assert await available(client.app, user.id) == 1000
-    assert await client.app[appkeys.DB].fetchval("SELECT status FROM purchases WHERE session_id = $1", sid) == "paid"
+    assert await client.app[keys.DB].fetchval("SELECT status FROM purchases WHERE session_id = $1", sid) == "paid"
     rows = (await (await client.get("/v1/wallet/transactions", headers=user.headers)).json())["data"]
     assert [(r["transaction_type"], r["amount_tokens"], r["reference"]) for r in rows] == [("purchase", 1000, sid)]
 
@@ -211,7 +211,7 @@ async def test_events_for_other_sessions_are_ignored(stripe_client: MakeClient) 
     assert (await post_event(client, event("checkout.session.completed", unpaid_ghost)))["result"].startswith(
         "ignored")
     assert (await post_event(client, event("customer.created", {"id": "cus_1"})))["result"] == "ignored"
-    assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM ledger_transfers") == 0
+    assert await client.app[keys.DB].fetchval("SELECT count(*) FROM ledger_transfers") == 0
 
 
 async def test_refund_with_enough_balance_takes_the_tokens_back_once(stripe_client: MakeClient) -> None:
@@ -289,7 +289,7 @@ async def test_refund_before_completion_waits_then_applies(stripe_client: MakeCl
                                                               payment_intent=pi))
     assert (await post_event(client, paid))["result"] == "credited"
     assert await available(client.app, user.id) == 0
-    assert await client.app[appkeys.DB].fetchval("SELECT count(*) FROM purchase_reversals_waiting") == 0
+    assert await client.app[keys.DB].fetchval("SELECT count(*) FROM purchase_reversals_waiting") == 0
     assert (await post_event(client, early))["result"] == "duplicate"
 
 
@@ -326,8 +326,8 @@ async def test_reversal_repaired_after_a_crash_between_ledger_and_records(stripe
     sid, pi = await _paid(client, user, 500)
     assert (await client.post("/v1/wallet/transfer", json={"to_user_id": str(performer.id), "amount": 300},
                               headers=user.headers)).status == 201
-    wallet = await app[appkeys.ACCOUNTS].id(AccountKind.WALLET, user.id)
-    [outcome] = await app[appkeys.LEDGER].submit([Transfer(
+    wallet = await app[keys.ACCOUNTS].id(AccountKind.WALLET, user.id)
+    [outcome] = await app[keys.LEDGER].submit([Transfer(
         purchases.reversal_id(sid, 500), wallet, purchases.CLEARING, 200, Code.REVERSAL,
         metadata={"kind": "refund_clawback", "stripe_session": sid})])
     assert outcome.result is Result.OK
@@ -335,7 +335,7 @@ async def test_reversal_repaired_after_a_crash_between_ledger_and_records(stripe
     result = await post_event(client, event("charge.refunded", charge_refunded(pi, 899, 899)))
     assert result["result"] == "reversed 200 taken, 300 owed"
     assert await available(app, user.id) == 50
-    assert await debts.owed(app[appkeys.DB], user.id) == 300
+    assert await debts.owed(app[keys.DB], user.id) == 300
 
 
 async def test_credit_repaired_after_a_crash_between_ledger_and_records(stripe_client: MakeClient) -> None:
@@ -344,19 +344,19 @@ async def test_credit_repaired_after_a_crash_between_ledger_and_records(stripe_c
     user = await make_user(app)
     session = await _buy(client, user, 1000)
     sid = session["session_id"]
-    async with app[appkeys.DB].acquire() as conn, conn.transaction():
+    async with app[keys.DB].acquire() as conn, conn.transaction():
         await debts.change(conn, user.id, 400)
-    wallet = await app[appkeys.ACCOUNTS].id(AccountKind.WALLET, user.id)
+    wallet = await app[keys.ACCOUNTS].id(AccountKind.WALLET, user.id)
     # As the crashed attempt submitted them: credit and settlement, one linked chain.
-    outcomes = await app[appkeys.LEDGER].submit([
+    outcomes = await app[keys.LEDGER].submit([
         Transfer(purchases.credit_id(sid), purchases.CLEARING, wallet, 1000, Code.PURCHASE, TransferFlags.LINKED,
                  metadata={"stripe_session": sid}),
         Transfer(purchases.settle_id(sid), wallet, purchases.CLEARING, 400, Code.REVERSAL,
                  metadata={"kind": "debt_settlement", "stripe_session": sid})])
     assert [o.result for o in outcomes] == [Result.OK, Result.OK]
-    async with app[appkeys.DB].acquire() as conn, conn.transaction():
+    async with app[keys.DB].acquire() as conn, conn.transaction():
         await debts.change(conn, user.id, 100)  # more debt arrived since: the stored settlement still wins
     paid = event("checkout.session.completed", session_object(sid, user.id, 1000, session["amount"]))
     assert (await post_event(client, paid))["result"] == "credited"
     assert await available(app, user.id) == 600
-    assert await debts.owed(app[appkeys.DB], user.id) == 100
+    assert await debts.owed(app[keys.DB], user.id) == 100

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server import appkeys
-from server.settings import Settings
+from server.kernel import keys
+from server.kernel.settings import Settings
 from server.users import merge_patch
 from tests.factories import make_user
 
@@ -102,7 +102,7 @@ async def test_viewer_cannot_promote_or_unsuspend_self(api: TestClient) -> None:
             (403, "PERMISSION_DENIED"), body
         resp = await api.patch(f"/v1/users/{user.id}", json=body, headers=user.headers)
         assert await error_of(resp) == (403, "PERMISSION_DENIED"), body
-    row = await api.app[appkeys.DB].fetchrow("SELECT role, email_verified FROM users WHERE id = $1", user.id)
+    row = await api.app[keys.DB].fetchrow("SELECT role, email_verified FROM users WHERE id = $1", user.id)
     assert row["role"] == "viewer" and row["email_verified"] is False
 
 
@@ -153,7 +153,7 @@ async def test_viewer_cannot_patch_another_user(api: TestClient) -> None:
     for body in ({"display_name": "Pwned"}, {"bio": "x"}, {"role": "viewer"}):
         resp = await api.patch(f"/v1/users/{victim.id}", json=body, headers=attacker.headers)
         assert await error_of(resp) == (403, "PERMISSION_DENIED")
-    name = await api.app[appkeys.DB].fetchval("SELECT display_name FROM users WHERE id = $1", victim.id)
+    name = await api.app[keys.DB].fetchval("SELECT display_name FROM users WHERE id = $1", victim.id)
     assert name == "Victim"
 
 

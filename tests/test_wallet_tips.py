@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind
 from ledger.tipping import leg_ids
-from server import appkeys
+from server.kernel import keys
 from tests.factories import TestUser, make_user
 from tests.wallet_support import available, fund, platform_revenue
 
@@ -61,7 +61,7 @@ async def test_tip_splits_fee_and_moves_tokens(client: TestClient, people: dict[
     assert await available(app, performer.id, AccountKind.EARNINGS) == 200
     assert await platform_revenue(app) == 50
     share_id, fee_id = leg_ids(tip_id)
-    rows = await app[appkeys.DB].fetch("SELECT id, amount, code FROM ledger_transfers WHERE id = ANY($1::uuid[])",
+    rows = await app[keys.DB].fetch("SELECT id, amount, code FROM ledger_transfers WHERE id = ANY($1::uuid[])",
                                        [share_id, fee_id])
     assert {(r["id"], r["amount"], r["code"]) for r in rows} == {(share_id, 200, "tip"), (fee_id, 50, "fee")}
 
@@ -75,7 +75,7 @@ async def test_one_token_tip_has_no_fee_leg(client: TestClient, people: dict[str
     assert resp.status == 201
     assert (await resp.json())["data"]["fee"] == 0
     _, fee_id = leg_ids(tip_id)
-    assert await app[appkeys.DB].fetchval("SELECT count(*) FROM ledger_transfers WHERE id = $1", fee_id) == 0
+    assert await app[keys.DB].fetchval("SELECT count(*) FROM ledger_transfers WHERE id = $1", fee_id) == 0
     assert await available(app, people["performer"].id, AccountKind.EARNINGS) == 1
     assert await platform_revenue(app) == 0
 
@@ -134,7 +134,7 @@ async def test_bad_recipients(client: TestClient, people: dict[str, TestUser]) -
         assert (resp.status, got["error"]["code"]) == (status, code), (body, got)
     assert await available(app, viewer.id) == 1000 and await available(app, performer.id) == 1000
     assert await available(app, performer.id, AccountKind.EARNINGS) == 0
-    await app[appkeys.DB].execute("UPDATE users SET status = 'suspended' WHERE id = $1", performer.id)
+    await app[keys.DB].execute("UPDATE users SET status = 'suspended' WHERE id = $1", performer.id)
     resp = await _tip(client, viewer, {"to_user_id": str(performer.id), "amount": 5})
     assert resp.status == 422
 
@@ -181,7 +181,7 @@ async def test_tip_id_is_the_idempotency_key_of_the_ledger(client: TestClient, p
 async def test_restricted_wallet_cannot_tip(client: TestClient, people: dict[str, TestUser]) -> None:
     app, viewer = client.app, people["viewer"]
     await fund(app, viewer.id, 1000)
-    await app[appkeys.DB].execute("INSERT INTO wallet_debts (user_id, owed) VALUES ($1, 7)", viewer.id)
+    await app[keys.DB].execute("INSERT INTO wallet_debts (user_id, owed) VALUES ($1, 7)", viewer.id)
     resp = await _tip(client, viewer, {"to_user_id": str(people["performer"].id), "amount": 5})
     body = await resp.json()
     assert resp.status == 403 and body["error"]["code"] == "WALLET_RESTRICTED"
@@ -261,7 +261,7 @@ async def test_200_concurrent_tippers_on_one_performer(client: TestClient, peopl
     assert await platform_revenue(app) == sum(fees)
     for t, a in zip(tippers, amounts, strict=True):
         assert await available(app, t.id) == 1000 - a
-    count = await app[appkeys.DB].fetchval("SELECT count(*) FROM ledger_transfers WHERE code IN ('tip', 'fee')")
+    count = await app[keys.DB].fetchval("SELECT count(*) FROM ledger_transfers WHERE code IN ('tip', 'fee')")
     assert count == 200 + sum(1 for f in fees if f)
     resp = await client.get("/v1/admin/ledger/audit", headers=people["admin"].headers)
     report = (await resp.json())["data"]

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result, accounts_of
 from ledger.grants import grant_tokens
-from server import appkeys
+from server.kernel import keys
 
 STRIPE_KEY = "sk_test_greenroom"
 WEBHOOK_SECRET = "whsec_test_greenroom"
@@ -25,19 +25,19 @@ _serial = itertools.count(1)
 
 
 async def fund(app: web.Application, user_id: uuid.UUID, amount: int) -> None:
-    result = await grant_tokens(app[appkeys.LEDGER], app[appkeys.DB], user_id, amount, "test funds", uuid.uuid4())
+    result = await grant_tokens(app[keys.LEDGER], app[keys.DB], user_id, amount, "test funds", uuid.uuid4())
     assert result is Result.OK, result
 
 
 async def available(app: web.Application, user_id: uuid.UUID, kind: AccountKind = AccountKind.WALLET) -> int:
-    for a in await accounts_of(app[appkeys.DB], user_id):
+    for a in await accounts_of(app[keys.DB], user_id):
         if a.kind is kind:
             return a.available
     return 0
 
 
 async def platform_revenue(app: web.Application) -> int:
-    value = await app[appkeys.DB].fetchval("SELECT credits_posted - debits_posted FROM ledger_accounts WHERE id = 1")
+    value = await app[keys.DB].fetchval("SELECT credits_posted - debits_posted FROM ledger_accounts WHERE id = 1")
     return int(value)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from server.settings import Settings
+from server.kernel.settings import Settings
 
 Category = Literal["auth", "payments", "tips", "streaming", "general", "anonymous", "none"]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 # HTTP status for each code the server emits; the socket uses the same codes.
 STATUS: dict[str, int] = {
     "BAD_REQUEST": 400,
@@ -64,3 +66,12 @@ def not_found(what: str = "resource") -> ApiError:
 
 def forbidden(message: str = "you may not do this") -> ApiError:
     return ApiError("PERMISSION_DENIED", message)
+
+
+def validation_details(exc: ValidationError) -> dict[str, Any]:
+    """A pydantic failure as `details` of the error shape: `{errors: [{field, issue}]}`."""
+    errors = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        errors.append({"field": loc or "(body)", "issue": err["msg"]})
+    return {"errors": errors}

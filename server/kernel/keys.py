@@ -1,27 +1,24 @@
-"""Typed keys for the services an application holds (aiohttp AppKey)."""
+"""Typed keys of the kernel services an application holds (aiohttp AppKey).
+
+Each package owns the keys of the services it defines: the socket core's hub, broker and presence
+are in `signaling.core.keys`, the stream tip recorder beside it (`signaling.features.tips.recorder`),
+the Stripe gateway in `server.commerce.payments`. These are the ones every layer may read.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from aiohttp import web
+from redis.asyncio import Redis
 
 from ledger import Engine
 from ledger.directory import AccountDirectory
-from server.identity import Authenticator
-from server.limits import Limiter
-from server.metrics import Metrics
-from server.settings import Settings
-from signaling.broker import Broker
-from signaling.hub import Hub
-from signaling.presence import Presence
-from signaling.tip_recorder import TipRecorder
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from server.payments import StripeGateway
+from server.kernel.identity import Authenticator
+from server.kernel.limits import Limiter
+from server.kernel.metrics import Metrics
+from server.kernel.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)
@@ -30,14 +27,8 @@ AUTH = web.AppKey("authenticator", Authenticator)
 LIMITER = web.AppKey("limiter", Limiter)
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", Metrics)
-BROKER = web.AppKey("broker", Broker)  # room streams between nodes (memory or Redis)
-PRESENCE = web.AppKey("presence", Presence)  # who is in which room, across nodes
-HUB = web.AppKey("hub", Hub)  # this node's rooms and sockets; `publish` is how features emit events
 LEDGER = web.AppKey("ledger", Engine)  # the batching engine: `await app[LEDGER].submit(transfers)`
 ACCOUNTS = web.AppKey("accounts", AccountDirectory)  # ledger account ids by (kind, owner), cached
-TIPS = web.AppKey("tips", TipRecorder)  # batches stream tip records and running totals
-# Stripe client (server.payments); annotated, not passed, to keep payments -> appkeys acyclic at import.
-PAYMENTS: web.AppKey[StripeGateway] = web.AppKey("payments")
 # Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
 BACKGROUND = web.AppKey("background", list)
 

@@ -1,0 +1,13 @@
+"""Typed keys of the socket core's services (aiohttp AppKey)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from signaling.broker import Broker
+from signaling.hub import Hub
+from signaling.presence import Presence
+
+BROKER = web.AppKey("broker", Broker)  # room streams between nodes (memory or Redis)
+PRESENCE = web.AppKey("presence", Presence)  # who is in which room, across nodes
+HUB = web.AppKey("hub", Hub)  # this node's rooms and sockets; `publish` is how features emit events
