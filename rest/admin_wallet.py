@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, StrictInt, field_validator
 from ledger.grants import REASON_MAX_CHARS
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
-from server import wallet
+from server.commerce import wallet
 from server.routing import Call, Router, Schema, ok
 
 router = Router("admin")

@@ -9,12 +9,12 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from rest.user_fields import Country, DateOfBirth, DisplayName, Email, Username
-from server import sessions, users
+from server.accounts import sessions, users
+from server.accounts.tokens import token_service
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden
 from server.kernel.settings import Settings
 from server.routing import Call, Router, Schema, json_response, ok
-from server.tokens import token_service
 
 router = Router("auth")
 

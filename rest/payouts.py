@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, StrictInt
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
 from ledger.payouts import Status
-from server import wallet
+from server.commerce import wallet
 from server.kernel.errors import not_found
 from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 

@@ -1,4 +1,4 @@
-"""Profile field types shared by the auth and users schemas: one rule per field, from `server.users`."""
+"""Profile field types shared by the auth and users schemas: one rule per field, from `server.accounts.users`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from server import users
+from server.accounts import users
 
 Email = Annotated[str, Field(max_length=users.EMAIL_MAX), AfterValidator(users.check_email)]
 DisplayName = Annotated[str, Field(max_length=users.DISPLAY_NAME_MAX * 4), AfterValidator(users.check_display_name)]

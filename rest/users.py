@@ -10,11 +10,11 @@ from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
 
 from rest.auth import UserOut
 from rest.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
-from server import users
+from server.accounts import users
+from server.accounts.tokens import token_service
 from server.kernel import keys
 from server.kernel.errors import not_found
 from server.routing import Call, Router, Schema, ok
-from server.tokens import token_service
 
 router = Router("users")
 

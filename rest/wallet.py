@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt
 from ledger import Code
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
-from server import payments, wallet
+from server.commerce import payments, wallet
 from server.kernel import keys
 from server.routing import Call, PageQuery, Router, Schema, ok
 from signaling.tips import SCHEMA_MESSAGE_MAX, send_tip

@@ -1,11 +1,11 @@
-"""Stripe webhooks: signature-verified events that credit purchases or reverse them (see server.payments)."""
+"""Stripe webhooks: signature-verified events that credit purchases or reverse them (see server.commerce.payments)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from pydantic import BaseModel
 
-from server import payments
+from server.commerce import payments
 from server.routing import Call, Router, ok
 
 router = Router("webhooks")

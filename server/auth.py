@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from server.accounts.passwords import passwords_for
+from server.accounts.sessions import purge_expired
+from server.accounts.tokens import TokenService
 from server.kernel import keys
-from server.passwords import passwords_for
-from server.sessions import purge_expired
-from server.tokens import TokenService
 
 log = logging.getLogger("greenroom.auth")
 

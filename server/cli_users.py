@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from server.accounts.tokens import ensure_keys
+from server.accounts.users import create_user
 from server.cli import command, run_async
 from server.db import connect
 from server.kernel.errors import ApiError
 from server.kernel.identity import ROLES
 from server.kernel.settings import Settings
-from server.tokens import ensure_keys
-from server.users import create_user
 
 
 def _users_args(p: argparse.ArgumentParser) -> None:

@@ -15,11 +15,11 @@ from aiohttp import web
 
 from ledger.grants import grant_tokens
 from ledger.model import Result
+from server.accounts.users import create_user
 from server.cli import command, run_async
 from server.kernel import keys
 from server.kernel.identity import Identity, Role
 from server.kernel.settings import Settings
-from server.users import create_user
 from signaling import rooms, streams
 
 NAMESPACE = uuid.UUID("6f1d3a52-2b1e-4a53-9d0e-6b7b8f0c9a11")

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ledger.directory import AccountDirectory
+from server.commerce.payments import PAYMENTS, StripeGateway
 from server.kernel import keys
-from server.payments import PAYMENTS, StripeGateway
 from signaling.tip_recorder import TIPS, TipRecorder
 
 

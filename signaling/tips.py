@@ -28,11 +28,11 @@ from pydantic import Field, StrictInt
 from ledger import Result
 from ledger.model import INT64_MAX
 from ledger.tipping import transfer_tip
+from server.commerce.ledger_errors import ledger_call, ledger_error
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found
 from server.kernel.identity import Identity
 from server.kernel.limits import budget
-from server.outcomes import ledger_call, ledger_error
 from signaling import keys as socket_keys
 from signaling import rooms, streams
 from signaling.chat import UUID_PATTERN, clean_text

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from server.accounts.tokens import token_service
+from server.accounts.users import insert_user
 from server.kernel import keys
 from server.kernel.identity import Role
 from server.kernel.settings import Settings
-from server.tokens import token_service
-from server.users import insert_user
 
 _serial = itertools.count(1)
 

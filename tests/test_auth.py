@@ -21,13 +21,13 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server.accounts.passwords import passwords_for, policy_problems
+from server.accounts.sessions import purge_expired
+from server.accounts.tokens import TokenService, token_service
+from server.accounts.users import create_user
 from server.kernel import keys
 from server.kernel.errors import ApiError
 from server.kernel.settings import Settings
-from server.passwords import passwords_for, policy_problems
-from server.sessions import purge_expired
-from server.tokens import TokenService, token_service
-from server.users import create_user
 from tests.factories import make_user
 
 PASSWORD = "Correct-Horse-Battery-9"

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.accounts.tokens import token_service
 from server.kernel import keys
-from server.tokens import token_service
 from signaling.client import REJOINED, ClientError, Event, GreenroomClient, ReconnectPolicy
 from signaling.protocol import Close
 from tests.factories import make_user

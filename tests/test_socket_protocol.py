@@ -182,7 +182,7 @@ async def test_forged_and_expired_tokens(socket_client: MakeClient, monkeypatch:
     assert await garbage.error("auth", token="not-a-jwt") == "INVALID_TOKEN"
     assert await garbage.closed() == Close.AUTH_FAILED
 
-    from server import tokens
+    from server.accounts import tokens
 
     real_time = time.time
     monkeypatch.setattr(tokens.time, "time", lambda: real_time() - 7200)

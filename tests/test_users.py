@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from server.accounts.users import merge_patch
 from server.kernel import keys
 from server.kernel.settings import Settings
-from server.users import merge_patch
 from tests.factories import make_user
 
 FAST = {"argon2_time_cost": 1, "argon2_memory_kib": 8192, "argon2_parallelism": 1,

@@ -30,11 +30,11 @@ import stripe
 from aiohttp import web
 
 from ledger import purchases
+from server.commerce.ledger_errors import ledger_call
 from server.kernel import keys
 from server.kernel.errors import ApiError
 from server.kernel.identity import Identity
 from server.kernel.settings import Settings
-from server.outcomes import ledger_call
 
 log = logging.getLogger("greenroom.payments")
 

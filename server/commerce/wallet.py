@@ -20,11 +20,11 @@ from ledger import AccountKind, Code, Result, accounts_of, audit, debts
 from ledger.grants import adjust_tokens
 from ledger.history import Movement, movements
 from ledger.payouts import Payout, Status, get_payout, list_payouts, request_payout, resolve_payout
-from server import audit_log
+from server.commerce.ledger_errors import ledger_call, ledger_error, require_applied
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found
 from server.kernel.identity import Identity
-from server.outcomes import ledger_call, ledger_error, require_applied
+from server.platform import audit_log
 
 _DESCRIPTIONS = {
     "tip_sent": "Tip to performer",

@@ -18,10 +18,10 @@ from typing import Literal, TypeAlias
 
 import asyncpg
 
+from server.accounts.tokens import TokenService
 from server.kernel.errors import ApiError
 from server.kernel.identity import Role
 from server.kernel.settings import Settings
-from server.tokens import TokenService
 
 Reason = Literal["logout", "reuse", "disabled", "evicted"]
 DB: TypeAlias = asyncpg.Pool | asyncpg.Connection

@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
-from server import sessions
+from server.accounts import sessions
+from server.accounts.passwords import check_policy, passwords_for
+from server.accounts.tokens import TokenService
 from server.kernel.errors import ApiError, forbidden, not_found
 from server.kernel.identity import ROLES, Identity, Role
 from server.kernel.settings import Settings
-from server.passwords import check_policy, passwords_for
-from server.tokens import TokenService
 
 Status = Literal["active", "suspended", "banned"]
 STATUSES: tuple[Status, ...] = get_args(Status)
