@@ -45,8 +45,8 @@ from ledger import (
     audit,
     create_accounts,
 )
-from server.embedded import EmbeddedPostgres, with_database
-from server.migrator import migrate
+from server.app.embedded_postgres import EmbeddedPostgres, with_database
+from server.app.migrator import migrate
 
 PLATFORM = SYSTEM_ACCOUNT_IDS[AccountKind.PLATFORM_REVENUE]
 CLEARING = SYSTEM_ACCOUNT_IDS[AccountKind.PAYMENT_CLEARING]

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-STATIC = Path(__file__).resolve().parents[1] / "server" / "static"
+STATIC = Path(__file__).resolve().parents[1] / "server" / "http" / "static"
 
 
 @dataclass

@@ -114,7 +114,7 @@ def _watch_shutdown(app: web.Application) -> None:
 
 @pytest.fixture
 def make_app(dsn: str) -> Callable[[Settings], web.Application]:
-    from server.app import create_app
+    from server.app.factory import create_app
 
     def make(settings: Settings) -> web.Application:
         app = create_app(settings, dsn)

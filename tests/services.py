@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from server.embedded import EmbeddedPostgres, with_database
+from server.app.embedded_postgres import EmbeddedPostgres, with_database
 
 
 def free_port() -> int:
@@ -38,8 +38,8 @@ class PostgresForTests:
         self.template = f"gr_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
     async def create_template(self) -> None:
-        from server.db import connect
-        from server.migrator import migrate
+        from server.app.db import connect
+        from server.app.migrator import migrate
 
         admin = await asyncpg.connect(self.admin_uri)
         try:

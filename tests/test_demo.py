@@ -7,7 +7,7 @@ import pytest
 
 from ledger.accounts import accounts_of, balances
 from server.cli import main
-from server.demo import GRANT_TOKENS, PASSWORD, USERS, run_seed
+from server.cli.demo import GRANT_TOKENS, PASSWORD, USERS, run_seed
 from server.kernel.settings import Settings
 
 

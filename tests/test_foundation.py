@@ -9,8 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
+from server.app.migrator import discover, migrate
 from server.kernel.settings import SettingsError, load_settings
-from server.migrator import discover, migrate
 
 
 async def test_unknown_path_is_404_in_error_shape(client: TestClient) -> None:
@@ -57,7 +57,7 @@ async def test_concurrent_migrations_apply_once(postgres, dsn: str) -> None:  # 
     name = "gr_mig_" + dsn.rsplit("/", 1)[1].split("?")[0][-8:]
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    from server.embedded import with_database
+    from server.app.embedded_postgres import with_database
 
     url = with_database(postgres.admin_uri, name)
     conns = [await asyncpg.connect(url) for _ in range(4)]

@@ -19,11 +19,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from server import runner
-from server.app import create_app
+from server.app import runner
+from server.app.factory import create_app
+from server.app.runner import serve_app, stop_bound_s
 from server.kernel import keys
 from server.kernel.settings import Settings
-from server.runner import serve_app, stop_bound_s
 from tests.ops_support import ServerProcess, exits_soon
 from tests.services import free_port
 

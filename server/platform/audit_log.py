@@ -14,7 +14,7 @@ async def record(db: Db, *, id: uuid.UUID, actor_id: uuid.UUID, action: str, tar
                  details: dict[str, Any]) -> bool:
     """Log one admin action; a second call with the same id (a retry) logs nothing. True if logged now.
 
-    `db` must carry the app's JSON codecs (`server.db`): `details` is passed as a dict.
+    `db` must carry the app's JSON codecs (`server.app.db`): `details` is passed as a dict.
     """
     logged = await db.fetchval(
         """INSERT INTO admin_audit_log (id, actor_id, action, target_user_id, details)

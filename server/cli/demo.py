@@ -16,7 +16,8 @@ from aiohttp import web
 from ledger.grants import grant_tokens
 from ledger.model import Result
 from server.accounts.users import create_user
-from server.cli import command, run_async
+from server.app.factory import create_app
+from server.cli.command import command, run_async
 from server.kernel import keys
 from server.kernel.identity import Identity, Role
 from server.kernel.settings import Settings
@@ -84,8 +85,6 @@ async def seed(app: web.Application) -> dict[str, object]:
 
 
 async def run_seed(settings: Settings, dsn: str) -> dict[str, object]:
-    from server.app import create_app
-
     app = create_app(settings, dsn)
     runner = web.AppRunner(app)
     await runner.setup()  # runs the lifecycle contexts: pools, ledger engine, hub

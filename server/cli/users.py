@@ -7,8 +7,8 @@ import sys
 
 from server.accounts.tokens import ensure_keys
 from server.accounts.users import create_user
-from server.cli import command, run_async
-from server.db import connect
+from server.app.db import connect
+from server.cli.command import command, run_async
 from server.kernel.errors import ApiError
 from server.kernel.identity import ROLES
 from server.kernel.settings import Settings
@@ -25,7 +25,7 @@ def _users_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("users", "manage accounts", _users_args)
-def users_cmd(settings: Settings, ns: argparse.Namespace) -> int:
+def users(settings: Settings, ns: argparse.Namespace) -> int:
     password: str = ns.password
     if password == "-":
         password = sys.stdin.readline().rstrip("\n")
@@ -56,7 +56,7 @@ def _keys_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("keys", "manage the access-token signing keys", _keys_args)
-def keys_cmd(settings: Settings, ns: argparse.Namespace) -> int:
+def keys(settings: Settings, ns: argparse.Namespace) -> int:
     async def body(dsn: str) -> int:
         conn = await connect(dsn)
         try:

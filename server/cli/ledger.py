@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from ledger import audit
-from server.cli import command, run_async
-from server.db import connect
+import ledger
+from server.app.db import connect
+from server.cli.command import command, run_async
 from server.kernel.settings import Settings
 
 
 @command("audit", "check every ledger invariant over the whole database (exit 1 when one fails)")
-def audit_cmd(settings: Settings, ns: argparse.Namespace) -> int:
+def audit(settings: Settings, ns: argparse.Namespace) -> int:
     async def body(dsn: str) -> int:
         conn = await connect(dsn)
         try:
-            report = await audit(conn)
+            report = await ledger.audit(conn)
         finally:
             await conn.close()
         print(report.format())

@@ -25,9 +25,13 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
+from server.app.db import connect, database_dsn
+from server.app.logs import configure
+from server.app.migrator import migrate
+from server.kernel.metrics import MULTIPROC_ENV
 from server.kernel.settings import Settings
-from server.logs import configure
 
 log = logging.getLogger("greenroom.runner")
 
@@ -92,7 +96,9 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
 
 def run_worker(settings: Settings, dsn: str, reuse_port: bool, pooled: bool = False) -> int:
     """One worker: build the app and serve until told to stop."""
-    from server.app import create_app
+    # Imported here, not at the top: a spawned worker unpickles this module before it can install
+    # its stop handlers, and the app's imports are most of a worker's start-up time.
+    from server.app.factory import create_app
 
     if pooled:  # the parent forwards Ctrl-C as SIGTERM; see the module docstring
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -109,9 +115,6 @@ def _pooled_worker(settings: Settings, dsn: str) -> None:
 
 
 async def _migrate(dsn: str) -> None:
-    from server.db import connect
-    from server.migrator import migrate
-
     conn = await connect(dsn)
     try:
         applied = await migrate(conn)
@@ -123,10 +126,6 @@ async def _migrate(dsn: str) -> None:
 
 def _supervise(settings: Settings, dsn: str) -> int:
     """Start the workers; stop them all on a signal or when one dies; 0 only if all stopped cleanly."""
-    from prometheus_client.multiprocess import mark_process_dead
-
-    from server.kernel.metrics import MULTIPROC_ENV
-
     # Workers record metrics into files here, so a scrape answered by any one of them sums them all.
     metrics_dir = tempfile.mkdtemp(prefix="greenroom-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
@@ -185,8 +184,6 @@ def _stopped_cleanly(exitcode: int | None, stopping: bool) -> bool:
 
 
 def serve_forever(settings: Settings) -> int:
-    from server.services import database_dsn
-
     configure(settings.log_level)
     for sig in (signal.SIGTERM, signal.SIGINT):  # remembered through start-up, honoured before serving
         signal.signal(sig, _remember_stop)

@@ -1,12 +1,16 @@
-"""The PostgreSQL pool: JSON via orjson, a statement timeout, one place to create it."""
+"""PostgreSQL: which server (DATABASE_URL or an embedded one), and the pool (JSON via orjson, a statement timeout)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
 import orjson
 
+from server.app.embedded_postgres import EmbeddedPostgres, ensure_database
 from server.kernel.settings import Settings
 
 
@@ -36,3 +40,17 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn)
     await _init_connection(conn)
     return conn
+
+
+@contextmanager
+def database_dsn(settings: Settings) -> Iterator[str]:
+    """Yield a DSN for the app database; an embedded server lives as long as the block."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    admin_uri = embedded.start()
+    try:
+        yield asyncio.run(ensure_database(admin_uri))
+    finally:
+        embedded.stop()

@@ -1,0 +1,35 @@
+"""The application factory: one worker's app, its middlewares, contexts, socket and routes."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from rest import ROUTERS
+from server.app import lifecycle
+from server.http.access_log import access_middleware
+from server.http.error_middleware import error_middleware
+from server.http.web_client import add_web_routes
+from server.kernel import keys
+from server.kernel.metrics import Metrics
+from server.kernel.settings import Settings
+from server.routing import mount
+from signaling.endpoint import setup_socket
+
+
+def create_app(settings: Settings, dsn: str) -> web.Application:
+    """Build the application for one worker; `dsn` is the resolved PostgreSQL DSN."""
+    # The access log is outermost so it records the status the error middleware settled on.
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[access_middleware, error_middleware])
+    app[keys.SETTINGS] = settings
+    app[keys.STARTED_AT] = time.time()
+    app[keys.BACKGROUND] = []
+    app[keys.METRICS] = Metrics(lambda: app.get(keys.DB))
+    app.cleanup_ctx.extend(lifecycle.contexts(dsn))
+    setup_socket(app)  # after the contexts: the hub starts once Redis is up and stops before it goes
+    mount(app, ROUTERS)
+    app.on_startup.append(lifecycle.freeze_startup_heap)  # runs after the cleanup contexts have started
+    add_web_routes(app)
+    return app
