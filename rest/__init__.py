@@ -1,7 +1,12 @@
-"""REST routes: one module per resource. `ROUTERS` is what the app mounts and documents."""
+"""REST routes: one module per resource, grouped by area. `ROUTERS` is what the app mounts and documents."""
 
-from rest import admin_wallet, auth, health, meta, moderation, payouts, streams, tips, users, wallet, webhooks_stripe
-from server.routing import Router
+from rest.accounts import auth, users
+from rest.admin import wallet as admin_wallet
+from rest.commerce import payouts, wallet
+from rest.framework.router import Router
+from rest.platform import health, meta
+from rest.rooms import moderation, streams, tips
+from rest.webhooks import stripe as webhooks_stripe
 
 ROUTERS: list[Router] = [meta.router, health.router, auth.router, users.router, streams.router,
                           moderation.router, wallet.router, tips.router, payouts.router, admin_wallet.router,

@@ -15,11 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from rest.framework.responses import ok
+from rest.framework.router import Call, Router, mount
 from server import __version__
 from server.app.logs import JsonFormatter
 from server.kernel import keys
 from server.kernel.settings import Settings
-from server.routing import Call, Router, mount, ok
 from tests.ops_support import use_plain_auth
 from tests.services import PostgresForTests, RedisForTests
 

@@ -16,11 +16,12 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from rest.framework.responses import ok
+from rest.framework.router import Call, Router, mount
 from server.app.factory import create_app
 from server.http.ratelimit import KEY_PREFIX, US, MemoryLimiter, RedisLimiter, gcra
 from server.kernel.limits import Budget
 from server.kernel.settings import Settings
-from server.routing import Call, Router, mount, ok
 from tests.ops_support import use_plain_auth
 from tests.services import RedisForTests
 

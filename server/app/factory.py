@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from rest import ROUTERS
+from rest.framework.router import mount
 from server.app import lifecycle
 from server.http.access_log import access_middleware
 from server.http.error_middleware import error_middleware
@@ -14,7 +15,6 @@ from server.http.web_client import add_web_routes
 from server.kernel import keys
 from server.kernel.metrics import Metrics
 from server.kernel.settings import Settings
-from server.routing import mount
 from signaling.endpoint import setup_socket
 
 

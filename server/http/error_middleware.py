@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from rest.framework.responses import error, json_response
 from server.kernel import keys
 from server.kernel.errors import ApiError
-from server.routing import json_response
 
 log = logging.getLogger("greenroom.http")
 
@@ -25,8 +25,7 @@ async def error_middleware(request: web.Request,
     try:
         response = await handler(request)
     except ApiError as exc:
-        headers = dict(exc.headers or {})
-        response = json_response(exc.body(), status=exc.status, headers=headers)
+        response = error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

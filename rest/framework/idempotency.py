@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from rest.framework.responses import dumps
 from server.kernel import keys
 from server.kernel.errors import ApiError
+from server.kernel.identity import Identity
 from server.kernel.net import client_ip
-
-if TYPE_CHECKING:
-    from server.routing import Call
 
 KEY_TTL_S = 24 * 3600
 MAX_KEY_CHARS = 255
 
 
-async def run_idempotent(call: Call[Any],
-                         handler: Callable[[Call[Any]], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    request = call.request
+async def run_idempotent(request: web.Request, identity: Identity | None,
+                         handler: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Run `handler` once per (caller, route, key); see the module docstring."""
     key = request.headers["Idempotency-Key"].strip()
     if not key or len(key) > MAX_KEY_CHARS:
         raise ApiError("BAD_REQUEST", f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
-    who = str(call.identity.user_id) if call.identity else client_ip(request)
+    who = str(identity.user_id) if identity else client_ip(request)
     scope = f"{who} {request.method} {request.path}"
     digest = hashlib.sha256(await request.read()).digest()
     db = request.app[keys.DB]
@@ -54,10 +53,9 @@ async def run_idempotent(call: Call[Any],
         return web.Response(body=bytes(prior["body"]), status=prior["status"], content_type="application/json",
                             headers={"Idempotent-Replayed": "true"})
     try:
-        response = await handler(call)
+        response = await handler()
     except ApiError as exc:
         if exc.status < 500:
-            from server.routing import dumps
             await _store(db, scope, key, exc.status, dumps(exc.body()))
         else:
             await _forget(db, scope, key)

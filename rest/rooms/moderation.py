@@ -8,7 +8,9 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
+from rest.framework.responses import ok, page_meta
+from rest.framework.router import Call, Router
+from rest.framework.schema import PageQuery, Schema
 from signaling import reports
 from signaling.reports import Reason, ReportStatus, TargetType
 

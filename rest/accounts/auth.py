@@ -8,13 +8,15 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from rest.user_fields import Country, DateOfBirth, DisplayName, Email, Username
+from rest.accounts.user_fields import Country, DateOfBirth, DisplayName, Email, Username
+from rest.framework.responses import json_response, ok
+from rest.framework.router import Call, Router
+from rest.framework.schema import Schema
 from server.accounts import sessions, users
 from server.accounts.tokens import token_service
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden
 from server.kernel.settings import Settings
-from server.routing import Call, Router, Schema, json_response, ok
 
 router = Router("auth")
 

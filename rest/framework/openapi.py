@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from rest.framework.router import Route, Router
 from server import __version__
 from server.kernel.errors import STATUS
-from server.routing import Route, Router
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 REF = "#/components/schemas/{model}"

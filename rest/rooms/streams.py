@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
+from rest.framework.responses import ok, page_meta
+from rest.framework.router import Call, Router
+from rest.framework.schema import PageQuery, Schema
 from server.kernel.errors import not_found
-from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 from signaling import rooms, streams
 
 router = Router("streams")

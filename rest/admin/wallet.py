@@ -10,8 +10,10 @@ from pydantic import BaseModel, Field, StrictInt, field_validator
 from ledger.grants import REASON_MAX_CHARS
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.responses import ok
+from rest.framework.router import Call, Router
+from rest.framework.schema import Schema
 from server.commerce import wallet
-from server.routing import Call, Router, Schema, ok
 
 router = Router("admin")
 

@@ -12,9 +12,11 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt
 from ledger import Code
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.responses import ok
+from rest.framework.router import Call, Router
+from rest.framework.schema import PageQuery, Schema
 from server.commerce import payments, wallet
 from server.kernel import keys
-from server.routing import Call, PageQuery, Router, Schema, ok
 from signaling.tips import SCHEMA_MESSAGE_MAX, send_tip
 
 router = Router("wallet")

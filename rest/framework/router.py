@@ -8,40 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
-import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from rest.framework.guards import AuthMode, identify, rate_limit
+from rest.framework.idempotency import run_idempotent
 from server.kernel import keys
 from server.kernel.errors import ApiError, validation_details
-from server.kernel.identity import Identity, Role, bearer_token
-from server.kernel.limits import Category, budget
-from server.kernel.net import client_ip
+from server.kernel.identity import Identity, Role
+from server.kernel.limits import Category
 
-AuthMode = Literal["public", "optional", "user"]
 B = TypeVar("B")
-
-
-class Schema(BaseModel):
-    """Base of every request schema: unknown fields are an error, not silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-PAGE_MAX = 10_000  # deep OFFSETs are slow: past this, narrow the filter (or follow a cursor where there is one)
-
-
-class PageQuery(Schema):
-    """`?page=&per_page=` of every paginated list (meta from `page_meta`); lists add their filters."""
-
-    page: int = Field(1, ge=1, le=PAGE_MAX)
-    per_page: int = Field(20, ge=1, le=100)
-
-
-class Empty(Schema):
-    pass
 
 
 @dataclass(slots=True)
@@ -130,58 +109,6 @@ class Router:
         return self.route("DELETE", path, **kw)
 
 
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-
-
-def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=dumps(body), status=status, content_type="application/json", headers=headers)
-
-
-def ok(data: Any, *, status: int = 200, meta: dict[str, Any] | None = None,
-       headers: dict[str, str] | None = None) -> web.Response:
-    """The success shape: {"data": ..., "meta": {...}}."""
-    return json_response({"data": data, "meta": meta or {}}, status=status, headers=headers)
-
-
-def page_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
-    pages = (total + per_page - 1) // per_page if per_page else 0
-    return {"page": page, "per_page": per_page, "total": total, "pages": pages}
-
-
-def identify(request: web.Request, mode: AuthMode) -> Identity | None:
-    token = bearer_token(request)
-    if token is None:
-        if mode == "user":
-            raise ApiError("AUTHENTICATION_REQUIRED", "this endpoint needs a bearer access token")
-        return None
-    if mode == "public":
-        return None
-    return request.app[keys.AUTH].authenticate(token)
-
-
-async def _rate_limit(request: web.Request, route: Route, identity: Identity | None) -> dict[str, str]:
-    if route.rate == "none":
-        return {}
-    settings = request.app[keys.SETTINGS]
-    category: Category = route.rate
-    if route.rate == "auth":
-        key = f"auth:{client_ip(request)}"
-    elif identity is None:
-        category = "anonymous"
-        key = f"anonymous:{client_ip(request)}"
-    else:
-        key = f"{category}:{identity.user_id}"
-    decision = await request.app[keys.LIMITER].hit(key, budget(settings, category))
-    headers = decision.headers()
-    if not decision.allowed:
-        headers["Retry-After"] = str(max(1, int(decision.retry_after_s + 0.999)))
-        raise ApiError("RATE_LIMIT_EXCEEDED", f"too many {category} requests; retry later",
-                       details={"category": category, "retry_after_s": round(decision.retry_after_s, 3)},
-                       headers=headers)
-    return headers
-
-
 async def _parse_body(request: web.Request, route: Route) -> Any:
     if route.raw_body:
         return await request.read()
@@ -213,20 +140,18 @@ def _parse_query(request: web.Request, route: Route) -> Any:
 
 
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    from server.idempotency import run_idempotent
-
     async def handle(request: web.Request) -> web.StreamResponse:
         request[keys.ROUTE] = f"{route.method} {route.path}"
         identity = identify(request, route.auth)
         request[keys.IDENTITY] = identity
         if identity is not None and route.roles and identity.role not in route.roles:
             raise ApiError("PERMISSION_DENIED", f"this endpoint is for: {', '.join(route.roles)}")
-        rl_headers = await _rate_limit(request, route, identity)
+        rl_headers = await rate_limit(request, route.rate, identity)
         body = await _parse_body(request, route)
         query = _parse_query(request, route)
         call: Call[Any] = Call(request, body, query, identity)
         if route.idempotent and request.headers.get("Idempotency-Key"):
-            response = await run_idempotent(call, route.handler)
+            response = await run_idempotent(request, identity, lambda: route.handler(call))
         else:
             response = await route.handler(call)
         response.headers.update(rl_headers)
@@ -236,7 +161,12 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     return handle
 
 
+# The routers an app mounted: what its OpenAPI document describes.
+MOUNTED: web.AppKey[list[Router]] = web.AppKey("routers")
+
+
 def mount(app: web.Application, routers: Sequence[Router]) -> None:
+    app[MOUNTED] = list(routers)
     for router in routers:
         for route in router.routes:
             app.router.add_route(route.method, route.path, _wrap(route), name=None)

@@ -16,9 +16,10 @@ from aiohttp import web
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
+from rest.framework.responses import ok
+from rest.framework.router import Call, Router
 from server import __version__
 from server.kernel import keys
-from server.routing import Call, Router, ok
 
 router = Router("monitoring")
 

@@ -11,9 +11,11 @@ from pydantic import BaseModel, Field, StrictInt
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
 from ledger.payouts import Status
+from rest.framework.responses import ok, page_meta
+from rest.framework.router import Call, Router
+from rest.framework.schema import PageQuery, Schema
 from server.commerce import wallet
 from server.kernel.errors import not_found
-from server.routing import Call, PageQuery, Router, Schema, ok, page_meta
 
 router = Router("payouts")
 

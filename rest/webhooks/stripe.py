@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
+from rest.framework.responses import ok
+from rest.framework.router import Call, Router
 from server.commerce import payments
-from server.routing import Call, Router, ok
 
 router = Router("webhooks")
 

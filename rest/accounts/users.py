@@ -8,13 +8,15 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
 
-from rest.auth import UserOut
-from rest.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
+from rest.accounts.auth import UserOut
+from rest.accounts.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
+from rest.framework.responses import ok
+from rest.framework.router import Call, Router
+from rest.framework.schema import Schema
 from server.accounts import users
 from server.accounts.tokens import token_service
 from server.kernel import keys
 from server.kernel.errors import not_found
-from server.routing import Call, Router, Schema, ok
 
 router = Router("users")
 

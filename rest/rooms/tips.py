@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from server.routing import Call, PageQuery, Router, ok, page_meta
+from rest.framework.responses import ok, page_meta
+from rest.framework.router import Call, Router
+from rest.framework.schema import PageQuery
 from signaling import streams, tips
 
 router = Router("tips")

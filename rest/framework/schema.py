@@ -1,0 +1,25 @@
+"""Request schemas: the base every body and query model derives from, and the page query."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Schema(BaseModel):
+    """Base of every request schema: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+PAGE_MAX = 10_000  # deep OFFSETs are slow: past this, narrow the filter (or follow a cursor where there is one)
+
+
+class PageQuery(Schema):
+    """`?page=&per_page=` of every paginated list (meta from `page_meta`); lists add their filters."""
+
+    page: int = Field(1, ge=1, le=PAGE_MAX)
+    per_page: int = Field(20, ge=1, le=100)
+
+
+class Empty(Schema):
+    pass
