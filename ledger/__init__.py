@@ -67,7 +67,7 @@ Checking (module `audit`): `await audit(db) -> AuditReport` (`.ok`, `.checks[i].
 
 from ledger.accounts import account_transfers, accounts_of, balances, create_accounts, lookup_accounts
 from ledger.audit import AuditReport, audit
-from ledger.batcher import Engine
+from ledger.engine import Engine
 from ledger.errors import LedgerClosed, LedgerError, LedgerOverloaded, LedgerUnavailable
 from ledger.model import (
     SYSTEM_ACCOUNT_IDS,

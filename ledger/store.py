@@ -29,7 +29,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from ledger.apply import ROW_CREDIT, ROW_DEBIT, AccountState, Batch, PendingState, Stored
+from ledger.batch import ROW_CREDIT, ROW_DEBIT, AccountState, Batch, PendingState, Stored
 from ledger.model import INT64_MAX, Code, PendingStatus
 
 _HOLD_ACCOUNTS = """

@@ -13,7 +13,7 @@ import logging
 
 import asyncpg
 
-from ledger.batcher import Engine
+from ledger.engine import Engine
 from ledger.errors import LedgerError
 from ledger.model import Result
 

@@ -2,7 +2,7 @@
 
 Checks, cheapest first: amount (1..`tip_max_tokens`) and message; the stream (live; the
 recipient is its host); not yourself; the recipient exists and is an active performer; the
-sender owes no debt. Then the ledger moves the tip (`ledger.tipping`: fee split, linked legs,
+sender owes no debt. Then the ledger moves the tip (`ledger.flows.tips`: fee split, linked legs,
 leg ids derived from the tip id). A tip in a stream is then recorded (`stream_tips`, the
 stream's running total, top tippers; batched by `TipRecorder`) and `tip.received` is published
 to the room with idempotency key `tip:{id}`.
@@ -26,8 +26,8 @@ from aiohttp import web
 from pydantic import Field, StrictInt
 
 from ledger import Result
+from ledger.flows.tips import transfer_tip
 from ledger.model import INT64_MAX
-from ledger.tipping import transfer_tip
 from server.commerce.ledger_errors import ledger_call, ledger_error
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found
@@ -86,7 +86,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
                        details={"field": "to_user_id"})
     if to_user_id == sender.user_id:
         raise ApiError("VALIDATION_ERROR", "you cannot tip yourself", details={"field": "to_user_id"})
-    # One round trip for both users and the sender's debt (`ledger.debts` owns `wallet_debts`;
+    # One round trip for both users and the sender's debt (`ledger.flows.debts` owns `wallet_debts`;
     # reading it here saves a query per tip on the hot path).
     people = {r["id"]: r for r in await db.fetch(
         """SELECT u.id, u.role, u.status, u.display_name, COALESCE(d.owed, 0) AS owed

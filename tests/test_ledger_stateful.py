@@ -9,7 +9,7 @@ database must equal the model (counters of every account, hold states, which ids
 the audit must be clean.
 
 The model below is written from the semantics (TigerBeetle's create_transfers as documented in
-ledger/apply.py), with its own structure: chains snapshot and restore the whole state.
+ledger/batch.py), with its own structure: chains snapshot and restore the whole state.
 """
 
 from __future__ import annotations

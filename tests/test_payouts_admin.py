@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result
-from ledger.payouts import request_payout
+from ledger.flows.payouts import request_payout
 from server.kernel import keys
 from tests.factories import TestUser, make_user
 from tests.wallet_support import available, fund

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result
-from ledger.tipping import transfer_tip
+from ledger.flows.tips import transfer_tip
 from server.kernel import keys
 from tests.factories import TestUser, make_user
 from tests.rooms_support import new_stream, room_of

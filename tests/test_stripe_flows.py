@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ledger import AccountKind, Code, Result, Transfer, TransferFlags, debts, purchases
+from ledger import AccountKind, Code, Result, Transfer, TransferFlags
+from ledger.flows import debts, purchases
 from server.kernel import keys
 from server.kernel.settings import Settings
 from tests.factories import TestUser, make_user

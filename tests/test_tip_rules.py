@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from ledger import Code, Outcome, Result, TransferFlags
 from ledger.chain import chain_result
+from ledger.flows.tips import leg_ids, split, tip_transfers
 from ledger.model import INT64_MAX
-from ledger.tipping import leg_ids, split, tip_transfers
 
 
 @pytest.mark.parametrize(("amount", "bps", "share", "fee"), [

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind
-from ledger.tipping import leg_ids
+from ledger.flows.tips import leg_ids
 from server.kernel import keys
 from tests.factories import TestUser, make_user
 from tests.wallet_support import available, fund, platform_revenue

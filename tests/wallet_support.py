@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result, accounts_of
-from ledger.grants import grant_tokens
+from ledger.flows.grants import grant_tokens
 from server.kernel import keys
 
 STRIPE_KEY = "sk_test_greenroom"

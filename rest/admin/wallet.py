@@ -7,7 +7,7 @@ import uuid
 from aiohttp import web
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
-from ledger.grants import REASON_MAX_CHARS
+from ledger.flows.grants import REASON_MAX_CHARS
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
 from rest.framework.responses import ok

@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field, StrictInt
 
+from ledger.flows.payouts import Status
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
-from ledger.payouts import Status
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ledger.grants import grant_tokens
+from ledger.flows.grants import grant_tokens
 from ledger.model import Result
 from server.accounts.users import create_user
 from server.app.factory import create_app

@@ -2,7 +2,7 @@
 
 The real stripe-python client makes the calls (`STRIPE_API_BASE` points it elsewhere, e.g. at a
 local server in tests) and `stripe.Webhook.construct_event` verifies every webhook's signature;
-the money rules live in `ledger.purchases`.
+the money rules live in `ledger.flows.purchases`.
 
 Events handled (anything else is acknowledged and ignored):
 - `checkout.session.completed`: credits when `payment_status` is `paid` (or
@@ -11,7 +11,7 @@ Events handled (anything else is acknowledged and ignored):
   is derived from the session id, so the tokens arrive once.
 - `checkout.session.async_payment_failed` / `checkout.session.expired`: the purchase is closed.
 - `charge.refunded` (cumulative `amount_refunded`) and `charge.dispute.created` (`amount`): the
-  purchase's tokens are taken back in proportion (see `ledger.purchases` for the shortfall policy).
+  purchase's tokens are taken back in proportion (see `ledger.flows.purchases` for the shortfall policy).
 Answers: 200 when handled or ignored; 400 on a bad signature or body; 503 when webhooks are not
 configured, the ledger is unavailable or reversals are backlogged (Stripe retries non-2xx).
 """
@@ -29,7 +29,7 @@ import orjson
 import stripe
 from aiohttp import web
 
-from ledger import purchases
+from ledger.flows import purchases
 from server.commerce.ledger_errors import ledger_call
 from server.kernel import keys
 from server.kernel.errors import ApiError

@@ -16,10 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ledger import AccountKind, Code, Result, accounts_of, audit, debts
-from ledger.grants import adjust_tokens
+from ledger import AccountKind, Code, Result, accounts_of, audit
+from ledger.flows import debts
+from ledger.flows.grants import adjust_tokens
+from ledger.flows.payouts import Payout, Status, get_payout, list_payouts, request_payout, resolve_payout
 from ledger.history import Movement, movements
-from ledger.payouts import Payout, Status, get_payout, list_payouts, request_payout, resolve_payout
 from server.commerce.ledger_errors import ledger_call, ledger_error, require_applied
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found

@@ -38,7 +38,7 @@ import asyncpg
 import orjson
 
 from ledger import store
-from ledger.apply import AccountState, Batch
+from ledger.batch import AccountState, Batch
 from ledger.errors import LedgerClosed, LedgerOverloaded, LedgerUnavailable
 from ledger.model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer, TransferFlags
 

@@ -31,11 +31,11 @@ from uuid import UUID
 
 import asyncpg
 
-from ledger import debts
 from ledger.accounts import balances
-from ledger.batcher import Engine
 from ledger.chain import chain_result
 from ledger.directory import AccountDirectory
+from ledger.engine import Engine
+from ledger.flows import debts
 from ledger.ids import derived_id
 from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
 

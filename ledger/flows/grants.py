@@ -11,7 +11,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from ledger.accounts import Db, create_accounts
-from ledger.batcher import Engine
+from ledger.engine import Engine
 from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, NewAccount, Result, Transfer
 
 PROMOTIONS = SYSTEM_ACCOUNT_IDS[AccountKind.PROMOTIONS]

@@ -20,8 +20,8 @@ from uuid import UUID
 import asyncpg
 
 from ledger.accounts import Db
-from ledger.batcher import Engine
 from ledger.directory import AccountDirectory
+from ledger.engine import Engine
 from ledger.ids import derived_id
 from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from ledger.batcher import Engine
 from ledger.chain import chain_result
 from ledger.directory import AccountDirectory
+from ledger.engine import Engine
 from ledger.ids import derived_id
 from ledger.model import SYSTEM_ACCOUNT_IDS, AccountKind, Code, Result, Transfer, TransferFlags
 
