@@ -66,7 +66,7 @@ REJOINED = "client.rejoined"
 ROOM_RESET = "room.reset"  # server: events of this room were lost beyond history
 REJOIN_FAILED = "client.rejoin_failed"
 
-# Close codes (signaling.protocol.Close) after which the same credentials cannot help.
+# Close codes (signaling.core.protocol.Close) after which the same credentials cannot help.
 CLOSE_AUTH_FAILED = 4001
 CLOSE_TOKEN_EXPIRED = 4003
 CLOSE_SLOW_CONSUMER = 4008

@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-import signaling.features  # noqa: F401 - registers the chat and moderation ops
+import signaling.features.registry  # noqa: F401 - registers the chat and moderation ops
 from server.kernel.identity import Identity
-from signaling.protocol import OPS, OpContext
+from signaling.core.protocol import OPS, OpContext
 from tests.factories import TestUser
 
 

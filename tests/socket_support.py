@@ -21,9 +21,9 @@ from aiohttp.test_utils import TestClient
 
 from server.kernel import keys
 from server.kernel.settings import Settings
-from signaling import keys as socket_keys
-from signaling import rooms
-from signaling.hub import Hub
+from signaling.core import keys as socket_keys
+from signaling.core.hub import Hub
+from signaling.features.rooms import access as rooms
 from tests.factories import TestUser, make_user
 
 WAIT_S = 5.0

@@ -1,4 +1,4 @@
-"""The broker contract (`signaling/broker.py`): one suite, run against MemoryBroker and RedisBroker.
+"""The broker contract (`signaling/core/broker.py`): one suite, run against MemoryBroker and RedisBroker.
 
 With Redis, "nodes" are separate RedisBroker instances (separate pub/sub connections) on one
 Redis; in memory there is one node.
@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from signaling.broker import Broker, HistoryPolicy, Publication, StreamPosition
-from signaling.memory_broker import MemoryBroker
-from signaling.redis_broker import RedisBroker
-from signaling.redis_keys import room_key
+from signaling.core.broker import Broker, HistoryPolicy, Publication, StreamPosition
+from signaling.core.memory_broker import MemoryBroker
+from signaling.core.redis_broker import RedisBroker
+from signaling.core.redis_keys import room_key
 
 POLICY = HistoryPolicy(history_size=100, history_ttl_s=60.0, history_meta_ttl_s=60.0)
 WAIT_S = 5.0

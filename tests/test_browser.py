@@ -126,8 +126,8 @@ async def test_socket_module_resumes_after_the_server_drops_it(aiohttp_server: A
                                                                make_settings: Callable[..., Settings]) -> None:
     from playwright.async_api import async_playwright
 
-    from signaling import keys as socket_keys
-    from signaling.protocol import Close
+    from signaling.core import keys as socket_keys
+    from signaling.core.protocol import Close
     from tests.socket_support import eventually, public_room
 
     server = await aiohttp_server(make_app(make_settings()))

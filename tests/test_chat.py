@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from server.kernel import keys
 from server.kernel.errors import ApiError
-from signaling import rooms
+from signaling.features.rooms import access as rooms
 from tests.factories import TestUser, make_user
 from tests.rooms_support import identity
 from tests.socket_support import Sock, connect, eventually, public_room

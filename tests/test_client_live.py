@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from server.accounts.tokens import token_service
 from server.kernel import keys
 from signaling.client import REJOINED, ClientError, Event, GreenroomClient, ReconnectPolicy
-from signaling.protocol import Close
+from signaling.core.protocol import Close
 from tests.factories import make_user
 from tests.socket_support import backend, backend_url, hub_of, public_room, socket_client  # noqa: F401
 

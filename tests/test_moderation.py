@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from server.kernel import keys
 from server.kernel.errors import ApiError
-from signaling import retention, rooms
+from signaling.features.chat import retention
+from signaling.features.rooms import access as rooms
 from tests.factories import TestUser, make_user
 from tests.rooms_support import call_op, identity, new_stream, room_of
 
@@ -211,7 +212,7 @@ async def test_moderator_cap_holds_under_concurrency(client: TestClient, make_se
 def test_mute_schema_refuses_bad_data(data: dict[str, object]) -> None:
     from pydantic import ValidationError
 
-    from signaling.protocol import OPS
+    from signaling.core.protocol import OPS
 
     with pytest.raises(ValidationError):
         OPS["room.mute"].schema.model_validate(data)

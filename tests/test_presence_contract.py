@@ -1,4 +1,4 @@
-"""Presence (`signaling/presence.py`): one suite over MemoryPresence and RedisPresence, then the
+"""Presence (`signaling/core/presence.py`): one suite over MemoryPresence and RedisPresence, then the
 cross-node behaviour only Redis has (heartbeat, a dead node's clients expiring within the TTL)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.kernel.settings import load_settings
-from signaling.backend import create_broker, create_presence
-from signaling.memory_broker import MemoryBroker
-from signaling.presence import MemoryPresence, Presence, RedisPresence
-from signaling.redis_broker import RedisBroker
+from signaling.core.backend import create_broker, create_presence
+from signaling.core.memory_broker import MemoryBroker
+from signaling.core.presence import MemoryPresence, Presence, RedisPresence
+from signaling.core.redis_broker import RedisBroker
 
 
 class Nodes:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from server.kernel import keys
-from signaling import rooms
+from signaling.features.rooms import access as rooms
 from tests.factories import make_user
 from tests.socket_support import connect, eventually, hub_of
 

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestClient
 
-from signaling.protocol import Close
+from signaling.core.protocol import Close
 from tests.socket_support import Sock, connect, eventually, hub_of, public_room
 
 MakeClient = Callable[..., Awaitable[TestClient]]

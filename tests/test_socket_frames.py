@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from server.kernel.settings import Settings
-from signaling.connection import Connection, Outbox
-from signaling.frames import text_frame
-from signaling.protocol import Close, event_body, event_payload
+from signaling.core.connection import Connection, Outbox
+from signaling.core.frames import text_frame
+from signaling.core.protocol import Close, event_body, event_payload
 
 
 def parse(frame: bytes) -> tuple[int, bytes, bytes]:

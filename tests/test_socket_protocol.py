@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from server.kernel import keys
 from server.kernel.errors import ApiError
 from server.kernel.identity import Identity
-from signaling.protocol import Close
+from signaling.core.protocol import Close
 from tests.factories import make_user
 from tests.socket_support import connect, eventually, hub_of, public_room
 

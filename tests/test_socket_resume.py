@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from signaling import keys as socket_keys
+from signaling.core import keys as socket_keys
 from tests.socket_support import Sock, connect, hub_of, public_room
 
 MakeClient = Callable[..., Awaitable[TestClient]]

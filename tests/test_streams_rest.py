@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.kernel import keys
-from signaling import rooms
+from signaling.features.rooms import access as rooms
 from tests.factories import TestUser, make_user
 from tests.rooms_support import new_stream, room_of
 from tests.socket_support import connect

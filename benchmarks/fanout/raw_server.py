@@ -17,7 +17,7 @@ import asyncio
 import uvloop
 from aiohttp import WSMsgType, web
 
-from signaling.frames import text_frame
+from signaling.core.frames import text_frame
 
 ROOM = b'"bench"'
 

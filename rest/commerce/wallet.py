@@ -17,7 +17,7 @@ from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
 from server.commerce import payments, wallet
 from server.kernel import keys
-from signaling.tips import SCHEMA_MESSAGE_MAX, send_tip
+from signaling.features.tips.tips import SCHEMA_MESSAGE_MAX, send_tip
 
 router = Router("wallet")
 

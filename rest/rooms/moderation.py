@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
-from signaling import reports
-from signaling.reports import Reason, ReportStatus, TargetType
+from signaling.features.rooms import reports
+from signaling.features.rooms.reports import Reason, ReportStatus, TargetType
 
 router = Router("moderation")
 

@@ -12,7 +12,8 @@ from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
 from server.kernel.errors import not_found
-from signaling import rooms, streams
+from signaling.features.rooms import access as rooms
+from signaling.features.streams import streams
 
 router = Router("streams")
 

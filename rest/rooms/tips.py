@@ -8,7 +8,8 @@ from pydantic import BaseModel
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery
-from signaling import streams, tips
+from signaling.features.streams import streams
+from signaling.features.tips import tips
 
 router = Router("tips")
 

@@ -15,7 +15,7 @@ from server.http.web_client import add_web_routes
 from server.kernel import keys
 from server.kernel.metrics import Metrics
 from server.kernel.settings import Settings
-from signaling.endpoint import setup_socket
+from signaling.core.endpoint import setup_socket
 
 
 def create_app(settings: Settings, dsn: str) -> web.Application:

@@ -28,8 +28,8 @@ from server.commerce.payments import PAYMENTS, StripeGateway
 from server.http.ratelimit import MemoryLimiter, RedisLimiter
 from server.kernel import keys
 from server.kernel.settings import Settings
-from signaling.retention import retention_context
-from signaling.tip_recorder import TIPS, TipRecorder
+from signaling.features.chat.retention import retention_context
+from signaling.features.tips.recorder import TIPS, TipRecorder
 
 log = logging.getLogger("greenroom.lifecycle")
 

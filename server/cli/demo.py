@@ -21,7 +21,8 @@ from server.cli.command import command, run_async
 from server.kernel import keys
 from server.kernel.identity import Identity, Role
 from server.kernel.settings import Settings
-from signaling import rooms, streams
+from signaling.features.rooms import access as rooms
+from signaling.features.streams import streams
 
 NAMESPACE = uuid.UUID("6f1d3a52-2b1e-4a53-9d0e-6b7b8f0c9a11")
 PASSWORD = "greenroom-demo-2026"

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio import Redis
 
-from signaling.redis_keys import NODES_KEY, binary_client, room_key
+from signaling.core.redis_keys import NODES_KEY, binary_client, room_key
 
 log = logging.getLogger("greenroom.presence")
 

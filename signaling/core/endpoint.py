@@ -32,17 +32,17 @@ from pydantic import ValidationError
 from server.kernel import keys
 from server.kernel.errors import ApiError, validation_details
 from server.kernel.net import client_ip
-from signaling import keys as socket_keys
-from signaling import rooms
-from signaling.backend import create_broker, create_presence, new_node_id
-from signaling.connection import Connection
-from signaling.hub import Hub
-from signaling.protocol import MAX_REF, OPS, Close, Envelope, OpContext, reply_error, reply_ok
+from signaling.core import keys as socket_keys
+from signaling.core.backend import create_broker, create_presence, new_node_id
+from signaling.core.connection import Connection
+from signaling.core.hub import Hub
+from signaling.core.protocol import MAX_REF, OPS, Close, Envelope, OpContext, reply_error, reply_ok
+from signaling.features.rooms import access as rooms
 
 log = logging.getLogger("greenroom.socket")
 
 # Modules whose import registers socket ops: the core ops and the room features.
-OP_MODULES = ("signaling.session_ops", "signaling.features")
+OP_MODULES = ("signaling.core.core_ops", "signaling.features.registry")
 
 
 def setup_socket(app: web.Application) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import Field, StrictInt
 
-from signaling import rooms
-from signaling.chat import UUID_PATTERN
-from signaling.protocol import OpContext, OpData, op
+from signaling.core.protocol import OpContext, OpData, op
+from signaling.features.chat.chat import UUID_PATTERN
+from signaling.features.rooms import access as rooms
 
 REASON_MAX_CHARS = 500
 

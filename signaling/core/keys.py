@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from signaling.broker import Broker
-from signaling.hub import Hub
-from signaling.presence import Presence
+from signaling.core.broker import Broker
+from signaling.core.hub import Hub
+from signaling.core.presence import Presence
 
 BROKER = web.AppKey("broker", Broker)  # room streams between nodes (memory or Redis)
 PRESENCE = web.AppKey("presence", Presence)  # who is in which room, across nodes

@@ -24,7 +24,7 @@ from aiohttp import web
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found
 from server.kernel.identity import Identity
-from signaling import keys as socket_keys
+from signaling.core import keys as socket_keys
 
 RoomKind = Literal["stream", "show"]
 Access = Literal["public", "ticket", "pass", "private"]

@@ -33,11 +33,12 @@ from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found
 from server.kernel.identity import Identity
 from server.kernel.limits import budget
-from signaling import keys as socket_keys
-from signaling import rooms, streams
-from signaling.chat import UUID_PATTERN, clean_text
-from signaling.protocol import OpContext, OpData, op
-from signaling.tip_recorder import TIPS, RecorderFull, StreamTip
+from signaling.core import keys as socket_keys
+from signaling.core.protocol import OpContext, OpData, op
+from signaling.features.chat.chat import UUID_PATTERN, clean_text
+from signaling.features.rooms import access as rooms
+from signaling.features.streams import streams
+from signaling.features.tips.recorder import TIPS, RecorderFull, StreamTip
 
 # The schema's own cap; `tip_message_max_chars` (at most 1000) is checked after cleaning.
 SCHEMA_MESSAGE_MAX = 1000

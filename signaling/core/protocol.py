@@ -101,7 +101,7 @@ class NoData(OpData):
 
 @dataclass(slots=True)
 class OpContext:
-    session: Any  # signaling.connection.Connection; Any keeps features free of an import cycle
+    session: Any  # signaling.core.connection.Connection; Any keeps features free of an import cycle
     ref: int
     room: str | None
     app: web.Application

@@ -1,7 +1,7 @@
 """The socket's core ops: `auth`, `join`, `leave`, `presence`, `ping`.
 
 Room features (chat, tips, moderation, seats, rtc) declare their own ops in their modules the
-same way (`protocol.op`) and are listed in `signaling.features`.
+same way (`protocol.op`) and are listed in `signaling.features.registry`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pydantic import Field, StrictInt
 
 from server.kernel import keys
 from server.kernel.errors import ApiError
-from signaling import keys as socket_keys
-from signaling import rooms
-from signaling.broker import StreamPosition
-from signaling.protocol import Close, OpContext, OpData, op
+from signaling.core import keys as socket_keys
+from signaling.core.broker import StreamPosition
+from signaling.core.protocol import Close, OpContext, OpData, op
+from signaling.features.rooms import access as rooms
 
 
 class AuthData(OpData):

@@ -13,10 +13,10 @@ import secrets
 from redis.asyncio import Redis
 
 from server.kernel.settings import Settings
-from signaling.broker import Broker, HistoryPolicy
-from signaling.memory_broker import MemoryBroker
-from signaling.presence import MemoryPresence, Presence, RedisPresence
-from signaling.redis_broker import RedisBroker
+from signaling.core.broker import Broker, HistoryPolicy
+from signaling.core.memory_broker import MemoryBroker
+from signaling.core.presence import MemoryPresence, Presence, RedisPresence
+from signaling.core.redis_broker import RedisBroker
 
 
 def new_node_id() -> str:

@@ -21,9 +21,9 @@ from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found
 from server.kernel.identity import Identity
 from server.kernel.limits import Budget
-from signaling import keys as socket_keys
-from signaling import rooms
-from signaling.protocol import OpContext, OpData, op
+from signaling.core import keys as socket_keys
+from signaling.core.protocol import OpContext, OpData, op
+from signaling.features.rooms import access as rooms
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # Settings cap `chat_max_chars` at 10,000; the schema refuses anything longer before it is decoded further.

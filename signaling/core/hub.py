@@ -44,11 +44,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from server.kernel.errors import ApiError
-from signaling.broker import Broker, Publication, StreamPosition
-from signaling.connection import Connection, Membership, Outbox
-from signaling.frames import text_frame
-from signaling.presence import Presence
-from signaling.protocol import Close, event_body, event_payload
+from signaling.core.broker import Broker, Publication, StreamPosition
+from signaling.core.connection import Connection, Membership, Outbox
+from signaling.core.frames import text_frame
+from signaling.core.presence import Presence
+from signaling.core.protocol import Close, event_body, event_payload
 
 if TYPE_CHECKING:
     from server.kernel.metrics import Metrics

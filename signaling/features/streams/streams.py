@@ -19,9 +19,9 @@ from aiohttp import web
 from server.kernel import keys
 from server.kernel.errors import ApiError, forbidden, not_found
 from server.kernel.identity import Identity
-from signaling import keys as socket_keys
-from signaling import rooms
-from signaling.rooms import Access
+from signaling.core import keys as socket_keys
+from signaling.features.rooms import access as rooms
+from signaling.features.rooms.access import Access
 
 Status = Literal["created", "live", "ended"]
 SORTS: dict[str, str] = {

@@ -23,8 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from signaling.frames import text_frame
-from signaling.protocol import CLOSE_REASONS, Close
+from signaling.core.frames import text_frame
+from signaling.core.protocol import CLOSE_REASONS, Close
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -41,7 +41,7 @@ OPS_WINDOW_S = 10.0
 class Membership:
     """A joined room. Until `live`, events are held in `backlog` while the join fetches history."""
 
-    grant: Any  # signaling.rooms.RoomGrant; the hub reads only `announce` from it
+    grant: Any  # signaling.features.rooms.access.RoomGrant; the hub reads only `announce` from it
     live: bool = False
     backlog: list[tuple[int, bytes]] = field(default_factory=list)
     overflowed: bool = False

@@ -1,4 +1,4 @@
-"""`MemoryBroker`: the broker contract (`signaling.broker`) inside one process.
+"""`MemoryBroker`: the broker contract (`signaling.core.broker`) inside one process.
 
 Every structure is bounded: history per channel by `history_size` (and age), the number of
 channel streams by `max_channels` (least recently used dropped first), the idempotency cache by
@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from signaling.broker import (
+from signaling.core.broker import (
     IDEMPOTENT_TTL_S,
     HistoryPolicy,
     HistoryResult,

@@ -1,4 +1,4 @@
-"""`RedisBroker`: the broker contract (`signaling.broker`) across processes and nodes.
+"""`RedisBroker`: the broker contract (`signaling.core.broker`) across processes and nodes.
 
 Per channel (all keys share the hash tag `{channel}`, see `redis_keys`):
 - `…:meta` HASH `e` = epoch, `s` = top offset; expires after `history_meta_ttl_s` unused, and a
@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from signaling.broker import (
+from signaling.core.broker import (
     IDEMPOTENT_TTL_S,
     HistoryPolicy,
     HistoryResult,
@@ -44,8 +44,8 @@ from signaling.broker import (
     PublicationHandler,
     StreamPosition,
 )
-from signaling.memory_broker import new_epoch
-from signaling.redis_keys import binary_client, channel_of, connection_kwargs, pubsub_channel, room_key
+from signaling.core.memory_broker import new_epoch
+from signaling.core.redis_keys import binary_client, channel_of, connection_kwargs, pubsub_channel, room_key
 
 log = logging.getLogger("greenroom.broker")
 
