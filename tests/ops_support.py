@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity
 from tests.services import free_port
 
@@ -55,11 +55,11 @@ class PlainAuthenticator:
     def authenticate(self, token: str) -> Identity:
         role, _, user = token.partition(":")
         if role not in ("viewer", "performer", "admin"):
-            raise ApiError("INVALID_TOKEN", "not a plain test token")
+            raise ApiError(ErrorCode.INVALID_TOKEN, "not a plain test token")
         try:
             return Identity(uuid.UUID(user), role, time.time() + 3600)  # type: ignore[arg-type]
         except ValueError:
-            raise ApiError("INVALID_TOKEN", "not a plain test token") from None
+            raise ApiError(ErrorCode.INVALID_TOKEN, "not a plain test token") from None
 
 
 def use_plain_auth(app: web.Application) -> None:

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity
 from signaling.core.protocol import Close
 from tests.factories import make_user
@@ -208,7 +208,7 @@ class ShortTokens:
         try:
             return Identity(uuid.UUID(user), "viewer", time.time() + float(ttl))
         except ValueError:
-            raise ApiError("INVALID_TOKEN", "not a short test token") from None
+            raise ApiError(ErrorCode.INVALID_TOKEN, "not a short test token") from None
 
 
 def use_short_tokens(app: web.Application) -> None:

@@ -15,7 +15,7 @@ from rest.framework.schema import Schema
 from server.accounts import sessions, users
 from server.accounts.tokens import token_service
 from server.kernel import keys
-from server.kernel.errors import ApiError, forbidden
+from server.kernel.errors import ApiError, ErrorCode, forbidden
 from server.kernel.settings import Settings
 
 router = Router("auth")
@@ -127,7 +127,7 @@ async def logout(call: Call[RefreshBody]) -> web.StreamResponse:
 async def _me(call: Call[None]) -> web.StreamResponse:
     user = await users.find_user(call.app[keys.DB], call.user.user_id)
     if user is None:
-        raise ApiError("INVALID_TOKEN", "the account of this token no longer exists")
+        raise ApiError(ErrorCode.INVALID_TOKEN, "the account of this token no longer exists")
     return ok(user.private())
 
 

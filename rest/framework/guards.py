@@ -7,7 +7,7 @@ from typing import Literal
 from aiohttp import web
 
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity, bearer_token
 from server.kernel.limits import Category, budget
 from server.kernel.net import client_ip
@@ -19,7 +19,7 @@ def identify(request: web.Request, mode: AuthMode) -> Identity | None:
     token = bearer_token(request)
     if token is None:
         if mode == "user":
-            raise ApiError("AUTHENTICATION_REQUIRED", "this endpoint needs a bearer access token")
+            raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, "this endpoint needs a bearer access token")
         return None
     if mode == "public":
         return None
@@ -43,7 +43,7 @@ async def rate_limit(request: web.Request, rate: Category, identity: Identity | 
     headers = decision.headers()
     if not decision.allowed:
         headers["Retry-After"] = str(max(1, int(decision.retry_after_s + 0.999)))
-        raise ApiError("RATE_LIMIT_EXCEEDED", f"too many {category} requests; retry later",
+        raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED, f"too many {category} requests; retry later",
                        details={"category": category, "retry_after_s": round(decision.retry_after_s, 3)},
                        headers=headers)
     return headers

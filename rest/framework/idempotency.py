@@ -16,7 +16,7 @@ from aiohttp import web
 
 from rest.framework.responses import dumps
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity
 from server.kernel.net import client_ip
 
@@ -29,7 +29,7 @@ async def run_idempotent(request: web.Request, identity: Identity | None,
     """Run `handler` once per (caller, route, key); see the module docstring."""
     key = request.headers["Idempotency-Key"].strip()
     if not key or len(key) > MAX_KEY_CHARS:
-        raise ApiError("BAD_REQUEST", f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
+        raise ApiError(ErrorCode.BAD_REQUEST, f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
     who = str(identity.user_id) if identity else client_ip(request)
     scope = f"{who} {request.method} {request.path}"
     digest = hashlib.sha256(await request.read()).digest()
@@ -45,11 +45,11 @@ async def run_idempotent(request: web.Request, identity: Identity | None,
         prior = await db.fetchrow(
             "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key)
         if prior is None:  # expired and removed between the two statements: treat as a conflict to retry
-            raise ApiError("CONFLICT", "idempotency key changed state; retry")
+            raise ApiError(ErrorCode.CONFLICT, "idempotency key changed state; retry")
         if bytes(prior["request_hash"]) != digest:
-            raise ApiError("IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was used with a different request")
+            raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used with a different request")
         if prior["status"] is None:
-            raise ApiError("CONFLICT", "a request with this Idempotency-Key is still in progress")
+            raise ApiError(ErrorCode.CONFLICT, "a request with this Idempotency-Key is still in progress")
         return web.Response(body=bytes(prior["body"]), status=prior["status"], content_type="application/json",
                             headers={"Idempotent-Replayed": "true"})
     try:

@@ -11,7 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from rest.framework.router import Route, Router
 from server import __version__
-from server.kernel.errors import STATUS
+from server.kernel.errors import ErrorCode
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 REF = "#/components/schemas/{model}"
@@ -24,7 +24,7 @@ ERROR_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "enum": sorted(STATUS)},
+                "code": {"type": "string", "enum": sorted(c.value for c in ErrorCode)},
                 "message": {"type": "string"},
                 "details": {"type": "object"},
             },

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from rest.framework.guards import AuthMode, identify, rate_limit
 from rest.framework.idempotency import run_idempotent
 from server.kernel import keys
-from server.kernel.errors import ApiError, validation_details
+from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.identity import Identity, Role
 from server.kernel.limits import Category
 
@@ -119,13 +119,13 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
         raw = b"{}"
     elif request.content_type not in ("application/json", "application/octet-stream", "text/plain", ""):
         # Browsers' simple form posts must not pass as JSON requests (CSRF-shaped traffic).
-        raise ApiError("UNSUPPORTED_MEDIA_TYPE", "request body must be application/json")
+        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "request body must be application/json")
     try:
         return route.body.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise ApiError("MALFORMED_JSON", "request body is not valid JSON") from None
-        raise ApiError("VALIDATION_ERROR", "request body failed validation",
+            raise ApiError(ErrorCode.MALFORMED_JSON, "request body is not valid JSON") from None
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "request body failed validation",
                        details=validation_details(exc)) from None
 
 
@@ -135,7 +135,7 @@ def _parse_query(request: web.Request, route: Route) -> Any:
     try:
         return route.query.model_validate(dict(request.query))
     except ValidationError as exc:
-        raise ApiError("VALIDATION_ERROR", "query parameters failed validation",
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "query parameters failed validation",
                        details=validation_details(exc)) from None
 
 
@@ -145,7 +145,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         identity = identify(request, route.auth)
         request[keys.IDENTITY] = identity
         if identity is not None and route.roles and identity.role not in route.roles:
-            raise ApiError("PERMISSION_DENIED", f"this endpoint is for: {', '.join(route.roles)}")
+            raise ApiError(ErrorCode.PERMISSION_DENIED, f"this endpoint is for: {', '.join(route.roles)}")
         rl_headers = await rate_limit(request, route.rate, identity)
         body = await _parse_body(request, route)
         query = _parse_query(request, route)

@@ -16,7 +16,7 @@ from typing import TypeVar
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.settings import Settings
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ def policy_problems(password: str, email: str, settings: Settings) -> list[str]:
 def check_policy(password: str, email: str, settings: Settings) -> None:
     problems = policy_problems(password, email, settings)
     if problems:
-        raise ApiError("VALIDATION_ERROR", "password does not meet the policy",
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "password does not meet the policy",
                        details={"errors": [{"field": "password", "issue": p} for p in problems]})
 
 
@@ -59,7 +59,7 @@ class Passwords:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._in_flight >= self._queue_max:
-            raise ApiError("OVERLOADED", "too many password checks in progress; retry shortly")
+            raise ApiError(ErrorCode.OVERLOADED, "too many password checks in progress; retry shortly")
         self._in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn)

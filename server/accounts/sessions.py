@@ -19,7 +19,7 @@ from typing import Literal, TypeAlias
 import asyncpg
 
 from server.accounts.tokens import TokenService
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Role
 from server.kernel.settings import Settings
 
@@ -42,7 +42,7 @@ def token_hash(token: str) -> bytes:
 
 
 def _invalid() -> ApiError:
-    return ApiError("INVALID_TOKEN", "refresh token is invalid, expired or revoked")
+    return ApiError(ErrorCode.INVALID_TOKEN, "refresh token is invalid, expired or revoked")
 
 
 async def _new_token(conn: asyncpg.Connection, settings: Settings, family_id: uuid.UUID,
@@ -116,7 +116,7 @@ async def refresh_session(pool: asyncpg.Pool, tokens: TokenService, refresh_toke
                 failure = _invalid()
             elif family["status"] != "active":
                 await _revoke(conn, [family_id], "disabled")
-                failure = ApiError("ACCOUNT_DISABLED", f"this account is {family['status']}")
+                failure = ApiError(ErrorCode.ACCOUNT_DISABLED, f"this account is {family['status']}")
             else:
                 await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE id = $1", token["id"])
                 child = await _new_token(conn, tokens.settings, family_id, token["id"])

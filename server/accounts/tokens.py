@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from jwt.algorithms import OKPAlgorithm
 
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import ROLES, Identity, Role
 from server.kernel.settings import Settings
 
@@ -47,7 +47,7 @@ REQUIRED_CLAIMS = ["sub", "role", "iat", "nbf", "exp", "iss", "jti"]
 
 
 def _invalid(message: str = "access token is invalid") -> ApiError:
-    return ApiError("INVALID_TOKEN", message)
+    return ApiError(ErrorCode.INVALID_TOKEN, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +253,7 @@ class TokenService:
                                 leeway=self.settings.jwt_leeway_s,
                                 options={"require": REQUIRED_CLAIMS, "verify_aud": False})
         except jwt.ExpiredSignatureError:
-            raise ApiError("TOKEN_EXPIRED", "access token has expired; refresh it") from None
+            raise ApiError(ErrorCode.TOKEN_EXPIRED, "access token has expired; refresh it") from None
         except jwt.InvalidTokenError:
             raise _invalid() from None
         role = claims["role"]

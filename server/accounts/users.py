@@ -22,7 +22,7 @@ import orjson
 from server.accounts import sessions
 from server.accounts.passwords import check_policy, passwords_for
 from server.accounts.tokens import TokenService
-from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import ROLES, Identity, Role
 from server.kernel.settings import Settings
 
@@ -122,7 +122,7 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
         except ValueError as exc:
             errors.append({"field": field, "issue": str(exc)})
     if errors:
-        raise ApiError("VALIDATION_ERROR", "invalid user fields", details={"errors": errors})
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "invalid user fields", details={"errors": errors})
     return out
 
 
@@ -173,7 +173,7 @@ def _iso(t: dt.datetime) -> str:
 
 def _conflict(exc: asyncpg.UniqueViolationError) -> ApiError:
     field = "username" if "username" in (exc.constraint_name or "") else "email"
-    return ApiError("CONFLICT", f"this {field} is already registered", details={"field": field})
+    return ApiError(ErrorCode.CONFLICT, f"this {field} is already registered", details={"field": field})
 
 
 async def insert_user(db: DB, *, email: str, password_hash: str, display_name: str, role: Role = "viewer",
@@ -231,7 +231,7 @@ async def get_visible_user(db: DB, actor: Identity, user_id: uuid.UUID) -> User:
 
 
 def _bad_credentials() -> ApiError:
-    return ApiError("INVALID_CREDENTIALS", "email or password is wrong")
+    return ApiError(ErrorCode.INVALID_CREDENTIALS, "email or password is wrong")
 
 
 async def authenticate_password(db: DB, settings: Settings, email: str, password: str) -> User:
@@ -247,7 +247,7 @@ async def authenticate_password(db: DB, settings: Settings, email: str, password
     assert row is not None
     user = User.from_row(row)
     if user.status != "active":
-        raise ApiError("ACCOUNT_DISABLED", f"this account is {user.status}", details={"status": user.status})
+        raise ApiError(ErrorCode.ACCOUNT_DISABLED, f"this account is {user.status}", details={"status": user.status})
     if hasher.needs_rehash(row["password_hash"]):
         await db.execute("UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
                          user.id, await hasher.hash(password), row["password_hash"])
@@ -332,7 +332,7 @@ async def update_preferences(pool: asyncpg.Pool, settings: Settings, actor: Iden
         merged = merge_patch(current, patch)
         size = len(orjson.dumps(merged))
         if size > settings.preferences_max_bytes:
-            raise ApiError("VALIDATION_ERROR", "preferences are too large",
+            raise ApiError(ErrorCode.VALIDATION_ERROR, "preferences are too large",
                            details={"errors": [{"field": "(body)",
                                                 "issue": f"{size} bytes exceeds {settings.preferences_max_bytes}"}]})
         await conn.execute("UPDATE users SET preferences = $2, updated_at = now() WHERE id = $1", user_id, merged)

@@ -32,7 +32,7 @@ from aiohttp import web
 from ledger.flows import purchases
 from server.commerce.ledger_errors import ledger_call
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity
 from server.kernel.settings import Settings
 
@@ -72,7 +72,7 @@ class StripeGateway:
     async def create_checkout(self, *, user_id: uuid.UUID, tokens: int, price: int, currency: str,
                               success_url: str, cancel_url: str, idempotency_key: str | None) -> Checkout:
         if self.client is None:
-            raise ApiError("UNAVAILABLE", "payments are not configured on this server")
+            raise ApiError(ErrorCode.UNAVAILABLE, "payments are not configured on this server")
         meta = {"purpose": PURPOSE, "user_id": str(user_id), "tokens": str(tokens)}
         params: Any = {
             "mode": "payment",
@@ -90,12 +90,12 @@ class StripeGateway:
             session = await self.client.v1.checkout.sessions.create_async(params, options)
         except stripe.APIConnectionError:
             log.warning("Stripe unreachable creating a checkout session", exc_info=True)
-            raise ApiError("UNAVAILABLE", "the payment provider is unreachable; retry shortly") from None
+            raise ApiError(ErrorCode.UNAVAILABLE, "the payment provider is unreachable; retry shortly") from None
         except stripe.StripeError as exc:
             log.warning("Stripe refused a checkout session: %s", exc)
-            raise ApiError("PAYMENT_PROVIDER_ERROR", "the payment provider refused the checkout") from None
+            raise ApiError(ErrorCode.PAYMENT_PROVIDER_ERROR, "the payment provider refused the checkout") from None
         if not session.id or not session.url:
-            raise ApiError("PAYMENT_PROVIDER_ERROR", "the payment provider returned no checkout URL")
+            raise ApiError(ErrorCode.PAYMENT_PROVIDER_ERROR, "the payment provider returned no checkout URL")
         return Checkout(session.id, session.url, int(session.amount_total or price), session.currency or currency)
 
 
@@ -112,7 +112,7 @@ async def start_purchase(app: web.Application, buyer: Identity, pack_tokens: int
     settings = app[keys.SETTINGS]
     packs = settings.packs
     if pack_tokens not in packs:
-        raise ApiError("VALIDATION_ERROR", "no such token pack",
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "no such token pack",
                        details={"field": "pack_tokens", "packs": sorted(packs)})
     base = _base_url(settings)
     key = f"buy:{buyer.user_id}:{idempotency_key}" if idempotency_key else None
@@ -129,16 +129,16 @@ async def start_purchase(app: web.Application, buyer: Identity, pack_tokens: int
 def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
     """The event, once its signature checks out with the webhook secret."""
     if not settings.stripe_webhook_secret:
-        raise ApiError("UNAVAILABLE", "Stripe webhooks are not configured on this server")
+        raise ApiError(ErrorCode.UNAVAILABLE, "Stripe webhooks are not configured on this server")
     try:
         stripe.Webhook.construct_event(payload, signature or "", settings.stripe_webhook_secret)
     except stripe.SignatureVerificationError:
-        raise ApiError("BAD_REQUEST", "invalid Stripe signature") from None
+        raise ApiError(ErrorCode.BAD_REQUEST, "invalid Stripe signature") from None
     except ValueError:
-        raise ApiError("MALFORMED_JSON", "webhook body is not valid JSON") from None
+        raise ApiError(ErrorCode.MALFORMED_JSON, "webhook body is not valid JSON") from None
     event = orjson.loads(payload)
     if not isinstance(event, dict) or not isinstance(event.get("data", {}).get("object"), dict):
-        raise ApiError("BAD_REQUEST", "not a Stripe event")
+        raise ApiError(ErrorCode.BAD_REQUEST, "not a Stripe event")
     return event
 
 
@@ -152,7 +152,7 @@ async def handle_webhook(app: web.Application, payload: bytes, signature: str | 
             result = await _apply(app, event_id, kind, obj)
         except purchases.ReversalsBacklogged as exc:
             log.warning("%s", exc)
-            raise ApiError("UNAVAILABLE", "too many events wait for this payment; retry later") from None
+            raise ApiError(ErrorCode.UNAVAILABLE, "too many events wait for this payment; retry later") from None
     log.info("stripe event %s %s: %s", event_id, kind, result)
     return {"id": event_id, "type": kind, "result": result}
 

@@ -23,7 +23,7 @@ from ledger.flows.payouts import Payout, Status, get_payout, list_payouts, reque
 from ledger.history import Movement, movements
 from server.commerce.ledger_errors import ledger_call, ledger_error, require_applied
 from server.kernel import keys
-from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from server.platform import audit_log
 
@@ -117,11 +117,11 @@ async def request_user_payout(app: web.Application, user: Identity, amount: int,
     """Hold earnings for a payout; returns the request and whether it was new."""
     settings = app[keys.SETTINGS]
     if amount < settings.payout_min_tokens:
-        raise ApiError("VALIDATION_ERROR", f"the smallest payout is {settings.payout_min_tokens} tokens",
+        raise ApiError(ErrorCode.VALIDATION_ERROR, f"the smallest payout is {settings.payout_min_tokens} tokens",
                        details={"field": "amount", "min": settings.payout_min_tokens})
     owed = await debts.owed(app[keys.DB], user.user_id)
     if owed:
-        raise ApiError("WALLET_RESTRICTED", "your account owes tokens from a reversed purchase",
+        raise ApiError(ErrorCode.WALLET_RESTRICTED, "your account owes tokens from a reversed purchase",
                        details={"owed_tokens": owed})
     with ledger_call():
         requested = await request_payout(app[keys.LEDGER], app[keys.ACCOUNTS], app[keys.DB],
@@ -140,7 +140,7 @@ async def decide_payout(app: web.Application, admin: Identity, payout_id: uuid.U
     if current is None:
         raise not_found("payout request")
     if current.status != "pending":
-        raise ApiError("CONFLICT", f"this payout request is already {current.status}",
+        raise ApiError(ErrorCode.CONFLICT, f"this payout request is already {current.status}",
                        details={"status": current.status})
     with ledger_call():
         result, payout = await resolve_payout(app[keys.LEDGER], db, payout_id, approve=approve,
@@ -173,7 +173,8 @@ async def adjust(app: web.Application, admin: Identity, *, user_id: uuid.UUID, a
     """Grant (> 0, from promotions) or correct (< 0, back to promotions) a user's wallet; audited."""
     settings = app[keys.SETTINGS]
     if amount == 0 or abs(amount) > settings.admin_adjust_max_tokens:
-        raise ApiError("VALIDATION_ERROR", f"amount must be non-zero and at most {settings.admin_adjust_max_tokens} "
+        raise ApiError(ErrorCode.VALIDATION_ERROR,
+                       f"amount must be non-zero and at most {settings.admin_adjust_max_tokens} "
                        "tokens either way", details={"field": "amount", "max": settings.admin_adjust_max_tokens})
     db = app[keys.DB]
     if await db.fetchval("SELECT true FROM users WHERE id = $1", user_id) is None:

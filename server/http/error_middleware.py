@@ -9,11 +9,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from rest.framework.responses import error, json_response
+from rest.framework.responses import error
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 
 log = logging.getLogger("greenroom.http")
+
+# aiohttp's own refusals (routing, body size) in the one error shape.
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.PAYLOAD_TOO_LARGE}
 
 
 @web.middleware
@@ -29,17 +32,16 @@ async def error_middleware(request: web.Request,
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(exc.status, "BAD_REQUEST")
+        code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
         message = {404: "no such endpoint", 405: f"method {request.method} not allowed here",
                    413: "request body too large"}.get(exc.status, exc.reason)
-        response = json_response({"error": {"code": code, "message": message}}, status=exc.status)
+        response = error(ApiError(code, message, status=exc.status))
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-        response = json_response({"error": {"code": "INTERNAL_ERROR", "message": "internal error",
-                                            "details": {"request_id": request_id}}}, status=500)
+        response = error(ApiError(ErrorCode.INTERNAL_ERROR, "internal error", details={"request_id": request_id}))
     response.headers["X-Request-Id"] = request_id
     return response

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, StrictInt
 
 from server.kernel import keys
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from signaling.core import keys as socket_keys
 from signaling.core.broker import StreamPosition
 from signaling.core.protocol import Close, OpContext, OpData, op
@@ -54,11 +54,11 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     conn = ctx.session
     if data.token is None:
         if conn.identity is not None:
-            raise ApiError("BAD_REQUEST", "a signed-in session cannot become a guest; open a new socket")
+            raise ApiError(ErrorCode.BAD_REQUEST, "a signed-in session cannot become a guest; open a new socket")
         if not ctx.app[socket_keys.HUB].admit_guest(conn):
             limit = ctx.app[keys.SETTINGS].ws_max_guests_per_ip
             ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
-            raise ApiError("TOO_MANY_CONNECTIONS", f"at most {limit} guest sockets per address",
+            raise ApiError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} guest sockets per address",
                            details={"limit": limit})
         conn.admit_guest()
         return session_info(conn)
@@ -70,11 +70,11 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
             ctx.defer(lambda: conn.close_soon(Close.AUTH_FAILED, reason))
         raise
     if conn.identity is not None and identity.user_id != conn.identity.user_id:
-        raise ApiError("PERMISSION_DENIED", "a session cannot change user; open a new socket")
+        raise ApiError(ErrorCode.PERMISSION_DENIED, "a session cannot change user; open a new socket")
     if not await ctx.app[socket_keys.HUB].admit_user(conn, identity.user_id):
         limit = ctx.app[keys.SETTINGS].ws_max_conns_per_user
         ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
-        raise ApiError("TOO_MANY_CONNECTIONS", f"at most {limit} open sockets per user",
+        raise ApiError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} open sockets per user",
                        details={"limit": limit})
     conn.sign_in(identity)
     return session_info(conn)
@@ -91,9 +91,9 @@ async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
     name = ctx.room_name
     settings = ctx.app[keys.SETTINGS]
     if name in conn.rooms:
-        raise ApiError("ALREADY_JOINED", "already in this room; leave first to rejoin")
+        raise ApiError(ErrorCode.ALREADY_JOINED, "already in this room; leave first to rejoin")
     if len(conn.rooms) >= settings.ws_max_rooms_per_conn:
-        raise ApiError("TOO_MANY_ROOMS", f"at most {settings.ws_max_rooms_per_conn} rooms per connection",
+        raise ApiError(ErrorCode.TOO_MANY_ROOMS, f"at most {settings.ws_max_rooms_per_conn} rooms per connection",
                        details={"limit": settings.ws_max_rooms_per_conn})
     grant = await rooms.authorize_join(ctx.app, conn.identity, name)
     since = StreamPosition(data.since.offset, data.since.epoch) if data.since is not None else None

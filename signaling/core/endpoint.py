@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from server.kernel import keys
-from server.kernel.errors import ApiError, validation_details
+from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.net import client_ip
 from signaling.core import keys as socket_keys
 from signaling.core.backend import create_broker, create_presence, new_node_id
@@ -152,7 +152,7 @@ async def _serve(app: web.Application, conn: Connection) -> None:
         if msg.type == WSMsgType.TEXT:
             await _handle(app, conn, msg.data)
         elif msg.type == WSMsgType.BINARY:
-            conn.send(reply_error(None, {"code": "BAD_REQUEST",
+            conn.send(reply_error(None, {"code": ErrorCode.BAD_REQUEST,
                                          "message": "binary frames are not supported; send JSON text frames"}))
         else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered a protocol error, e.g. 1009)
             return
@@ -169,38 +169,39 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        conn.send(reply_error(None, {"code": "MALFORMED_JSON", "message": "the frame is not valid JSON"}))
+        conn.send(reply_error(None, {"code": ErrorCode.MALFORMED_JSON, "message": "the frame is not valid JSON"}))
         return
     ref = _ref_of(obj)
     ctx: OpContext | None = None
     try:
         if not within_rate:
             limit = app[keys.SETTINGS].ws_ops_per_10s
-            raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {limit} messages per 10 s on one socket",
+            raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED, f"at most {limit} messages per 10 s on one socket",
                            details={"limit": limit, "window_s": 10})
         if not isinstance(obj, dict):
-            raise ApiError("BAD_REQUEST", "a message must be a JSON object")
+            raise ApiError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
         try:
             env = Envelope.model_validate(obj)
         except ValidationError as exc:
-            raise ApiError("BAD_REQUEST", "the message is not a valid envelope {op, ref, room?, data?}",
+            raise ApiError(ErrorCode.BAD_REQUEST, "the message is not a valid envelope {op, ref, room?, data?}",
                            details=validation_details(exc)) from None
         spec = OPS.get(env.op)
         if spec is None:
-            raise ApiError("UNKNOWN_OP", f"unknown op {env.op!r}", details={"op": env.op})
+            raise ApiError(ErrorCode.UNKNOWN_OP, f"unknown op {env.op!r}", details={"op": env.op})
         if not conn.authenticated and spec.name != "auth":
-            raise ApiError("AUTHENTICATION_REQUIRED", "send `auth` first (with a token, or `data: {}` as a guest)")
+            raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED,
+                           "send `auth` first (with a token, or `data: {}` as a guest)")
         if spec.auth == "user" and conn.identity is None:
-            raise ApiError("AUTHENTICATION_REQUIRED", f"{spec.name!r} needs a signed-in user")
+            raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, f"{spec.name!r} needs a signed-in user")
         if spec.room != "none":
             if env.room is None:
-                raise ApiError("BAD_REQUEST", f"{spec.name!r} needs a `room`")
+                raise ApiError(ErrorCode.BAD_REQUEST, f"{spec.name!r} needs a `room`")
             if spec.room == "joined" and env.room not in conn.rooms:
-                raise ApiError("NOT_JOINED", f"join {env.room} first", details={"room": env.room})
+                raise ApiError(ErrorCode.NOT_JOINED, f"join {env.room} first", details={"room": env.room})
         try:
             data = spec.schema.model_validate_json(orjson.dumps(env.data), strict=True)
         except ValidationError as exc:
-            raise ApiError("VALIDATION_ERROR", f"invalid data for {spec.name!r}",
+            raise ApiError(ErrorCode.VALIDATION_ERROR, f"invalid data for {spec.name!r}",
                            details=validation_details(exc)) from None
         ctx = OpContext(conn, env.ref, env.room, app)
         result = await spec.handler(ctx, data)
@@ -209,7 +210,7 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
         conn.send(reply_error(ref, exc.body()["error"]))
     except Exception:
         log.exception("socket op failed", extra={"conn_id": conn.conn_id})
-        conn.send(reply_error(ref, {"code": "INTERNAL_ERROR", "message": "internal error"}))
+        conn.send(reply_error(ref, {"code": ErrorCode.INTERNAL_ERROR, "message": "internal error"}))
     if ctx is not None:
         for callback in ctx.after_reply:
             callback()

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from server.kernel.errors import ApiError
+from server.kernel.errors import ApiError, ErrorCode
 from signaling.core.broker import Broker, Publication, StreamPosition
 from signaling.core.connection import Connection, Membership, Outbox
 from signaling.core.frames import text_frame
@@ -388,16 +388,16 @@ class Hub:
             await asyncio.shield(room.ready)
             result = await self.broker.history(name, since, self.settings.room_history_max)
             if conn.rooms.get(name) is not member:
-                raise ApiError("PERMISSION_DENIED", "removed from the room while joining")
+                raise ApiError(ErrorCode.PERMISSION_DENIED, "removed from the room while joining")
             await self._arrived(room, conn, member)
         except Exception as exc:
             if conn.rooms.get(name) is not member:  # removed (kicked, banned) while the room opened
-                raise ApiError("PERMISSION_DENIED", "removed from the room while joining") from None
+                raise ApiError(ErrorCode.PERMISSION_DENIED, "removed from the room while joining") from None
             await self.leave(conn, name, announce=False)
             if isinstance(exc, ApiError):
                 raise
             log.exception("join %s failed", name)
-            raise ApiError("UNAVAILABLE", "the room is unavailable; try again") from None
+            raise ApiError(ErrorCode.UNAVAILABLE, "the room is unavailable; try again") from None
         recovered = since is not None and result.recovered
         events = result.publications if recovered else []
         if sum(len(p.data) for p in events) > self.settings.ws_outbound_max_bytes // 2:

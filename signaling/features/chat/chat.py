@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import Field
 
 from server.kernel import keys
-from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from server.kernel.limits import Budget
 from signaling.core import keys as socket_keys
@@ -52,28 +52,29 @@ async def send_message(app: web.Application, author: Identity, room: str, raw_te
     settings = app[keys.SETTINGS]
     text = clean_text(raw_text)
     if not text:
-        raise ApiError("VALIDATION_ERROR", "message is empty", details={"field": "text"})
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "message is empty", details={"field": "text"})
     if len(text) > settings.chat_max_chars:
-        raise ApiError("VALIDATION_ERROR", f"message is longer than {settings.chat_max_chars} characters",
+        raise ApiError(ErrorCode.VALIDATION_ERROR, f"message is longer than {settings.chat_max_chars} characters",
                        details={"field": "text", "max_chars": settings.chat_max_chars, "chars": len(text)})
     limiter = app[keys.LIMITER]
     flood = await limiter.hit(f"chat:{room}:{author.user_id}", Budget(settings.chat_rate_per_10s, 10.0))
     if not flood.allowed:
-        raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {settings.chat_rate_per_10s} messages per 10 s in a room",
+        raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED,
+                       f"at most {settings.chat_rate_per_10s} messages per 10 s in a room",
                        details={"retry_after_s": round(flood.retry_after_s, 3)})
     db = app[keys.DB]
     s, exists = await rooms.standing(db, room, author.user_id)
     if not exists:
-        raise ApiError("AUTHENTICATION_REQUIRED", "this account no longer exists")
+        raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, "this account no longer exists")
     if s.banned and s.rank < rooms.RANK["performer"]:
-        raise ApiError("BANNED", "you are banned from this room")
+        raise ApiError(ErrorCode.BANNED, "you are banned from this room")
     if s.muted_until is not None and s.rank < rooms.RANK["moderator"]:
-        raise ApiError("MUTED", "you are muted in this room", details={"until": s.muted_until.isoformat()})
+        raise ApiError(ErrorCode.MUTED, "you are muted in this room", details={"until": s.muted_until.isoformat()})
     if s.slow_mode_s and s.rank < rooms.RANK["moderator"]:
         # The interval is part of the key: changing slow mode starts everyone afresh.
         slow = await limiter.hit(f"slow:{room}:{s.slow_mode_s}:{author.user_id}", Budget(1, s.slow_mode_s))
         if not slow.allowed:
-            raise ApiError("SLOW_MODE", f"slow mode: one message every {s.slow_mode_s} s",
+            raise ApiError(ErrorCode.SLOW_MODE, f"slow mode: one message every {s.slow_mode_s} s",
                            details={"seconds": s.slow_mode_s, "retry_after_s": round(slow.retry_after_s, 3)})
     message_id = uuid.uuid4()
     at = await db.fetchval(

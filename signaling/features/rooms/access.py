@@ -22,7 +22,7 @@ import asyncpg
 from aiohttp import web
 
 from server.kernel import keys
-from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from signaling.core import keys as socket_keys
 
@@ -103,7 +103,7 @@ async def create_room(db: Db, kind: RoomKind, ref_id: uuid.UUID, host_id: uuid.U
         name, kind, ref_id, host_id, access)
     assert row is not None
     if row["host_id"] != host_id:
-        raise ApiError("CONFLICT", f"room {name} already exists with another host")
+        raise ApiError(ErrorCode.CONFLICT, f"room {name} already exists with another host")
     return name
 
 
@@ -216,9 +216,9 @@ async def authorize_join(app: web.Application, identity: Identity | None, room: 
     kind, room_id = parse_room(room)
     s, exists = await standing(app[keys.DB], room, identity.user_id if identity else None)
     if identity is not None and not exists:
-        raise ApiError("AUTHENTICATION_REQUIRED", "this account no longer exists")
+        raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, "this account no longer exists")
     if s.banned and s.rank < RANK["performer"]:
-        raise ApiError("BANNED", "you are banned from this room")
+        raise ApiError(ErrorCode.BANNED, "you are banned from this room")
     if not admits(s):
         if identity is None:
             raise forbidden(f"this room needs a {s.access}; sign in with an account that holds one")
@@ -252,7 +252,7 @@ async def _actor_and_target(db: Db, room: str, actor: Identity, target_id: uuid.
                             *, min_rank: int = RANK["moderator"]) -> tuple[Standing, Standing]:
     """Check that `actor` may act on `target_id` in `room`; return both standings."""
     if actor.user_id == target_id:
-        raise ApiError("BAD_REQUEST", "you cannot do this to yourself")
+        raise ApiError(ErrorCode.BAD_REQUEST, "you cannot do this to yourself")
     me, _ = await standing(db, room, actor.user_id)
     if me.rank < min_rank:
         raise forbidden("only the performer or a moderator of this room may do this"
@@ -286,7 +286,7 @@ async def add_moderator(app: web.Application, actor: Identity, room: str, target
         await _actor_and_target(conn, room, actor, target_id, min_rank=RANK["performer"])
         count = await conn.fetchval("SELECT count(*) FROM room_moderators WHERE room = $1", room)
         if count >= settings.room_moderators_max:
-            raise ApiError("CONFLICT", f"a room has at most {settings.room_moderators_max} moderators")
+            raise ApiError(ErrorCode.CONFLICT, f"a room has at most {settings.room_moderators_max} moderators")
         await conn.execute(
             """INSERT INTO room_moderators (room, user_id, added_by) VALUES ($1, $2, $3)
                ON CONFLICT (room, user_id) DO NOTHING""", room, target_id, actor.user_id)
@@ -319,7 +319,8 @@ async def ban(app: web.Application, actor: Identity, room: str, target_id: uuid.
     """Ban durably (until lifted or `duration_s` passes) and remove the user from the room on every node."""
     settings = app[keys.SETTINGS]
     if duration_s is not None and not 1 <= duration_s <= settings.room_ban_max_s:
-        raise ApiError("VALIDATION_ERROR", f"duration_s must be 1-{settings.room_ban_max_s} (or omitted: permanent)")
+        raise ApiError(ErrorCode.VALIDATION_ERROR,
+                       f"duration_s must be 1-{settings.room_ban_max_s} (or omitted: permanent)")
     db = app[keys.DB]
     until = _until(duration_s)
     async with db.acquire() as conn, conn.transaction():
@@ -367,7 +368,7 @@ async def mute(app: web.Application, actor: Identity, room: str, target_id: uuid
                duration_s: int) -> dict[str, Any]:
     settings = app[keys.SETTINGS]
     if not 1 <= duration_s <= settings.room_mute_max_s:
-        raise ApiError("VALIDATION_ERROR", f"duration_s must be 1-{settings.room_mute_max_s}")
+        raise ApiError(ErrorCode.VALIDATION_ERROR, f"duration_s must be 1-{settings.room_mute_max_s}")
     db = app[keys.DB]
     until = _until(duration_s)
     async with db.acquire() as conn, conn.transaction():
@@ -400,7 +401,8 @@ async def kick(app: web.Application, actor: Identity, room: str, target_id: uuid
 async def set_slow_mode(app: web.Application, actor: Identity, room: str, seconds: int) -> dict[str, Any]:
     settings = app[keys.SETTINGS]
     if not 0 <= seconds <= settings.room_slow_mode_max_s:
-        raise ApiError("VALIDATION_ERROR", f"seconds must be 0-{settings.room_slow_mode_max_s} (0 turns it off)")
+        raise ApiError(ErrorCode.VALIDATION_ERROR,
+                       f"seconds must be 0-{settings.room_slow_mode_max_s} (0 turns it off)")
     db = app[keys.DB]
     await _require_staff(db, room, actor, "set slow mode")
     await db.execute(

@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp import web
 
 from server.kernel import keys
-from server.kernel.errors import ApiError, not_found
+from server.kernel.errors import ApiError, ErrorCode, not_found
 from server.kernel.identity import Identity
 
 TargetType = Literal["user", "stream", "chat_message"]
@@ -44,7 +44,7 @@ async def _snapshot(db: asyncpg.Pool, target_type: TargetType, target_id: uuid.U
 async def file_report(app: web.Application, reporter: Identity, *, target_type: TargetType,
                       target_id: uuid.UUID, reason: Reason, details: str) -> dict[str, Any]:
     if target_type == "user" and target_id == reporter.user_id:
-        raise ApiError("BAD_REQUEST", "you cannot report yourself")
+        raise ApiError(ErrorCode.BAD_REQUEST, "you cannot report yourself")
     db = app[keys.DB]
     snapshot = await _snapshot(db, target_type, target_id)
     try:
@@ -53,7 +53,7 @@ async def file_report(app: web.Application, reporter: Identity, *, target_type: 
                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
             uuid.uuid4(), reporter.user_id, target_type, target_id, reason, details, snapshot)
     except asyncpg.UniqueViolationError:
-        raise ApiError("CONFLICT", "you already have an open report on this") from None
+        raise ApiError(ErrorCode.CONFLICT, "you already have an open report on this") from None
     assert row is not None
     return _shape(row)
 

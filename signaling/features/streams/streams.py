@@ -17,7 +17,7 @@ import asyncpg
 from aiohttp import web
 
 from server.kernel import keys
-from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from signaling.core import keys as socket_keys
 from signaling.features.rooms import access as rooms
@@ -115,7 +115,7 @@ async def create_stream(app: web.Application, host: Identity, *, title: str, des
         open_count = await conn.fetchval(
             "SELECT count(*) FROM streams WHERE host_id = $1 AND status <> 'ended'", host.user_id)
         if open_count >= settings.streams_open_max_per_host:
-            raise ApiError("CONFLICT", f"end one of your {open_count} open streams before creating another",
+            raise ApiError(ErrorCode.CONFLICT, f"end one of your {open_count} open streams before creating another",
                            details={"limit": settings.streams_open_max_per_host})
         await conn.execute(
             """INSERT INTO streams (id, host_id, title, description, category, tags, access)
@@ -179,7 +179,7 @@ async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.U
                 f"UPDATE streams SET {sets}, updated_at = now() WHERE id = $1 AND status <> 'ended' RETURNING id",
                 stream_id, *changes.values())
             if updated is None:
-                raise ApiError("CONFLICT", "an ended stream cannot be edited")
+                raise ApiError(ErrorCode.CONFLICT, "an ended stream cannot be edited")
             if "access" in changes:
                 access_changed = await rooms.set_access(conn, room_of(stream_id), changes["access"])
         row = await _load(app, stream_id, actor)
@@ -206,9 +206,9 @@ async def start_stream(app: web.Application, actor: Identity, stream_id: uuid.UU
             """UPDATE streams SET status = 'live', started_at = now(), updated_at = now()
                WHERE id = $1 AND status = 'created' RETURNING started_at""", stream_id)
     except asyncpg.UniqueViolationError:
-        raise ApiError("CONFLICT", "you are already live in another stream; end it first") from None
+        raise ApiError(ErrorCode.CONFLICT, "you are already live in another stream; end it first") from None
     if started is None:
-        raise ApiError("CONFLICT", f"stream is {row['status']}, only a created stream can start",
+        raise ApiError(ErrorCode.CONFLICT, f"stream is {row['status']}, only a created stream can start",
                        details={"status": row["status"]})
     await app[socket_keys.HUB].publish(
         room_of(stream_id), "stream.started",
@@ -232,7 +232,7 @@ async def end_stream(app: web.Application, actor: Identity, stream_id: uuid.UUID
     if ended is None:
         if already_ended_ok:
             return await get_stream(app, stream_id, actor)
-        raise ApiError("CONFLICT", "stream has already ended", details={"status": "ended"})
+        raise ApiError(ErrorCode.CONFLICT, "stream has already ended", details={"status": "ended"})
     await app[socket_keys.HUB].publish(
         room_of(stream_id), "stream.ended",
         {"stream_id": str(stream_id), "ended_at": ended["ended_at"].isoformat(),

@@ -30,7 +30,7 @@ from ledger.flows.tips import transfer_tip
 from ledger.model import INT64_MAX
 from server.commerce.ledger_errors import ledger_call, ledger_error
 from server.kernel import keys
-from server.kernel.errors import ApiError, forbidden, not_found
+from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from server.kernel.limits import budget
 from signaling.core import keys as socket_keys
@@ -60,11 +60,12 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     """
     settings = app[keys.SETTINGS]
     if not 1 <= amount <= settings.tip_max_tokens:
-        raise ApiError("VALIDATION_ERROR", f"amount must be 1..{settings.tip_max_tokens} tokens",
+        raise ApiError(ErrorCode.VALIDATION_ERROR, f"amount must be 1..{settings.tip_max_tokens} tokens",
                        details={"field": "amount", "max": settings.tip_max_tokens})
     text = clean_text(message)
     if len(text) > settings.tip_message_max_chars:
-        raise ApiError("VALIDATION_ERROR", f"message is longer than {settings.tip_message_max_chars} characters",
+        raise ApiError(ErrorCode.VALIDATION_ERROR,
+                       f"message is longer than {settings.tip_message_max_chars} characters",
                        details={"field": "message", "max_chars": settings.tip_message_max_chars})
     db = app[keys.DB]
     if stream_id is not None:
@@ -72,9 +73,10 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
         if stream is None:
             raise not_found("stream")
         if to_user_id is not None and to_user_id != stream["host_id"]:
-            raise ApiError("VALIDATION_ERROR", "to_user_id is not this stream's host", details={"field": "to_user_id"})
+            raise ApiError(ErrorCode.VALIDATION_ERROR,
+                           "to_user_id is not this stream's host", details={"field": "to_user_id"})
         if stream["status"] != "live":
-            raise ApiError("CONFLICT", "tips go to live streams", details={"status": stream["status"]})
+            raise ApiError(ErrorCode.CONFLICT, "tips go to live streams", details={"status": stream["status"]})
         to_user_id = stream["host_id"]
         if grant is None:
             # As for joining: a private stream is NOT_FOUND to whoever may not enter it.
@@ -83,10 +85,10 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
         if not grant.can_tip and to_user_id != sender.user_id:
             raise forbidden("you may not tip in this room")
     if to_user_id is None:
-        raise ApiError("VALIDATION_ERROR", "name the performer (to_user_id) or the stream",
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "name the performer (to_user_id) or the stream",
                        details={"field": "to_user_id"})
     if to_user_id == sender.user_id:
-        raise ApiError("VALIDATION_ERROR", "you cannot tip yourself", details={"field": "to_user_id"})
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "you cannot tip yourself", details={"field": "to_user_id"})
     # One round trip for both users and the sender's debt (`ledger.flows.debts` owns `wallet_debts`;
     # reading it here saves a query per tip on the hot path).
     people = {r["id"]: r for r in await db.fetch(
@@ -94,19 +96,20 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
            FROM users u LEFT JOIN wallet_debts d ON d.user_id = u.id WHERE u.id = ANY($1::uuid[])""",
         [sender.user_id, to_user_id])}
     if sender.user_id not in people:
-        raise ApiError("AUTHENTICATION_REQUIRED", "this account no longer exists")
+        raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, "this account no longer exists")
     recipient = people.get(to_user_id)
     if recipient is None:
         raise not_found("user")
     if recipient["role"] != "performer" or recipient["status"] != "active":
-        raise ApiError("VALIDATION_ERROR", "this user cannot receive tips", details={"field": "to_user_id"})
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "this user cannot receive tips", details={"field": "to_user_id"})
     owed = people[sender.user_id]["owed"]
     if owed:
-        raise ApiError("WALLET_RESTRICTED", "your wallet owes tokens from a reversed purchase; buy tokens to settle it",
+        raise ApiError(ErrorCode.WALLET_RESTRICTED,
+                       "your wallet owes tokens from a reversed purchase; buy tokens to settle it",
                        details={"owed_tokens": owed})
     recorder = app[TIPS]
     if stream_id is not None and not recorder.has_room():
-        raise ApiError("OVERLOADED", "too many tips in flight; retry shortly with the same id")
+        raise ApiError(ErrorCode.OVERLOADED, "too many tips in flight; retry shortly with the same id")
     meta: dict[str, Any] = {}
     if text:
         meta["message"] = text
@@ -147,7 +150,8 @@ async def _announce(app: web.Application, tip: StreamTip, from_name: str) -> dic
 
 
 def _applied_but(exc: BaseException) -> ApiError:
-    return ApiError("UNAVAILABLE", "the tip was applied but not yet shown in the stream; retry with the same id",
+    return ApiError(ErrorCode.UNAVAILABLE,
+                    "the tip was applied but not yet shown in the stream; retry with the same id",
                     details={"applied": True, "reason": type(exc).__name__})
 
 
@@ -174,7 +178,7 @@ async def tip_send(ctx: OpContext, data: TipSend) -> dict[str, Any]:
     """Tip the host of the stream room this connection joined (its grant must allow tipping)."""
     kind, stream_id = rooms.parse_room(ctx.room_name)
     if kind != "stream":
-        raise ApiError("BAD_REQUEST", "tips are sent in a stream's room")
+        raise ApiError(ErrorCode.BAD_REQUEST, "tips are sent in a stream's room")
     member = ctx.session.rooms.get(ctx.room_name)
     if member is None or not member.grant.can_tip:
         raise forbidden("you may not tip in this room")
@@ -182,7 +186,7 @@ async def tip_send(ctx: OpContext, data: TipSend) -> dict[str, Any]:
     settings = ctx.app[keys.SETTINGS]
     decision = await ctx.app[keys.LIMITER].hit(f"tips:{ctx.user.user_id}", budget(settings, "tips"))
     if not decision.allowed:
-        raise ApiError("RATE_LIMIT_EXCEEDED", f"at most {settings.rate_tips_per_min} tips per minute",
+        raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED, f"at most {settings.rate_tips_per_min} tips per minute",
                        details={"category": "tips", "retry_after_s": round(decision.retry_after_s, 3)})
     return await send_tip(ctx.app, ctx.user, tip_id=uuid.UUID(data.id), amount=data.amount, message=data.message,
                           stream_id=stream_id, grant=grant)
