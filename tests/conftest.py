@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.kernel.settings import Settings, load_settings
-from tests.services import PostgresForTests, RedisForTests
+from tests.support.services import PostgresForTests, RedisForTests
 
 _redis_dbs = itertools.count(1)
 
 # `backend` (memory | redis) and `socket_client`; the ledger tests' `db`, `clock` and `engine`
-pytest_plugins = ("tests.socket_support", "tests.ledger_support")
+pytest_plugins = ("tests.support.socket_support", "tests.support.ledger_support")
 
 
 @pytest.fixture(scope="session")

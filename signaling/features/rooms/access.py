@@ -183,7 +183,7 @@ def admits(s: Standing) -> bool:
 
 
 # `admits` for many users at once; a grant of the access rule's own name or an invite opens the
-# room, as ADMITTED_BY says (tests/test_room_access_change.py holds the two together).
+# room, as ADMITTED_BY says (tests/signaling/test_room_access_change.py holds the two together).
 _ADMITTED_SQL = """
 SELECT r.access = 'public', ARRAY(
     SELECT u.id FROM users u WHERE u.id = ANY($2::uuid[]) AND (
