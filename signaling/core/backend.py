@@ -15,8 +15,10 @@ from redis.asyncio import Redis
 from server.kernel.settings import Settings
 from signaling.core.broker import Broker, HistoryPolicy
 from signaling.core.memory_broker import MemoryBroker
-from signaling.core.presence import MemoryPresence, Presence, RedisPresence
+from signaling.core.memory_presence import MemoryPresence
+from signaling.core.presence import Presence
 from signaling.core.redis_broker import RedisBroker
+from signaling.core.redis_presence import RedisPresence
 
 
 def new_node_id() -> str:

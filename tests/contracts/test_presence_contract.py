@@ -14,8 +14,10 @@ import redis.asyncio as aioredis
 from server.kernel.settings import load_settings
 from signaling.core.backend import create_broker, create_presence
 from signaling.core.memory_broker import MemoryBroker
-from signaling.core.presence import MemoryPresence, Presence, RedisPresence
+from signaling.core.memory_presence import MemoryPresence
+from signaling.core.presence import Presence
 from signaling.core.redis_broker import RedisBroker
+from signaling.core.redis_presence import RedisPresence
 
 
 class Nodes:
