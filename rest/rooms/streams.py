@@ -12,7 +12,7 @@ from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
 from server.kernel.errors import not_found
-from signaling.features.rooms import access as rooms
+from signaling.features.rooms import moderation
 from signaling.features.streams import streams
 
 router = Router("streams")
@@ -228,14 +228,14 @@ async def stream_viewers(call: Call[None]) -> web.StreamResponse:
              response=RoleOut, status=201, rate="streaming")
 async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, _id(call))
-    return ok(await rooms.add_moderator(call.app, call.user, room, call.body.user_id), status=201)
+    return ok(await moderation.add_moderator(call.app, call.user, room, call.body.user_id), status=201)
 
 
 @router.delete("/v1/streams/{id}/moderators/{user_id}", summary="Dismiss a room moderator (host or admin)",
                response=RoleOut, rate="streaming")
 async def remove_moderator(call: Call[None]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, _id(call))
-    return ok(await rooms.remove_moderator(call.app, call.user, room, _id(call, "user_id")))
+    return ok(await moderation.remove_moderator(call.app, call.user, room, _id(call, "user_id")))
 
 
 @router.get("/v1/streams/{id}/bans", summary="Active bans in the stream's room (host, moderators, admins)",
@@ -243,7 +243,7 @@ async def remove_moderator(call: Call[None]) -> web.StreamResponse:
 async def list_bans(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
     room = await streams.stream_room(call.app, call.user, _id(call))
-    items, total = await rooms.list_bans(call.app, call.user, room, q.page, q.per_page)
+    items, total = await moderation.list_bans(call.app, call.user, room, q.page, q.per_page)
     return ok(items, meta=page_meta(q.page, q.per_page, total))
 
 
@@ -252,11 +252,11 @@ async def list_bans(call: Call[None]) -> web.StreamResponse:
 async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, _id(call))
     b = call.body
-    return ok(await rooms.ban(call.app, call.user, room, b.user_id, b.reason.strip(), b.duration_s), status=201)
+    return ok(await moderation.ban(call.app, call.user, room, b.user_id, b.reason.strip(), b.duration_s), status=201)
 
 
 @router.delete("/v1/streams/{id}/bans/{user_id}", summary="Lift a ban (host, moderators, admins)",
                rate="streaming")
 async def unban_user(call: Call[None]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, _id(call))
-    return ok(await rooms.unban(call.app, call.user, room, _id(call, "user_id")))
+    return ok(await moderation.unban(call.app, call.user, room, _id(call, "user_id")))

@@ -15,7 +15,7 @@ from server.http.web_client import add_web_routes
 from server.kernel import keys
 from server.kernel.metrics import Metrics
 from server.kernel.settings import Settings
-from signaling.core.endpoint import setup_socket
+from signaling.core.endpoint import mount_socket
 
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
@@ -28,7 +28,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.BACKGROUND] = []
     app[keys.METRICS] = Metrics(lambda: app.get(keys.DB))
     app.cleanup_ctx.extend(lifecycle.contexts(dsn))
-    setup_socket(app)  # after the contexts: the hub starts once Redis is up and stops before it goes
+    mount_socket(app)
     mount(app, ROUTERS)
     app.on_startup.append(lifecycle.freeze_startup_heap)  # runs after the cleanup contexts have started
     add_web_routes(app)

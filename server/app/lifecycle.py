@@ -9,10 +9,12 @@ list; each entry's docstring names what it needs from the ones before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -28,7 +30,13 @@ from server.commerce.payments import PAYMENTS, StripeGateway
 from server.http.ratelimit import MemoryLimiter, RedisLimiter
 from server.kernel import keys
 from server.kernel.settings import Settings
-from signaling.features.chat.retention import retention_context
+from signaling.core import keys as socket_keys
+from signaling.core.backend import create_broker, create_presence, new_node_id
+from signaling.core.control import Control
+from signaling.core.hub import Hub
+from signaling.core.viewers import ViewerCounts
+from signaling.features import registry as features
+from signaling.features.chat import retention as chat_retention
 from signaling.features.tips.recorder import TIPS, TipRecorder
 
 log = logging.getLogger("greenroom.lifecycle")
@@ -165,6 +173,61 @@ async def wallet(app: web.Application) -> AsyncIterator[None]:
         await gateway.close()
 
 
+async def _purge_chat(app: web.Application) -> None:
+    settings = app[keys.SETTINGS]
+    while True:
+        # Wait first: a pass at start-up would race a quick shutdown for the pool (tests, restarts).
+        await asyncio.sleep(settings.chat_purge_interval_s)
+        try:
+            counts = await chat_retention.purge(app[keys.DB], settings)
+            if any(counts.values()):
+                log.info("retention purge", extra=counts)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            log.exception("retention purge failed; retrying next interval")
+
+
+async def retention(app: web.Application) -> AsyncIterator[None]:
+    """Purges expired chat, mutes and bans every `chat_purge_interval_s` (needs `database`)."""
+    task = asyncio.create_task(_purge_chat(app), name="chat-retention")
+    app[keys.BACKGROUND].append(task)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def socket(app: web.Application) -> AsyncIterator[None]:
+    """The socket core (needs `redis` and `database`): broker and presence (Redis, or in-process
+    without it), the hub, the control channel, viewer counts, and this app's socket ops with the
+    room features' hooks. Torn down first, after `on_shutdown` closed the sockets."""
+    settings = app[keys.SETTINGS]
+    redis_client = keys.redis_of(app)
+    node_id = new_node_id()  # one id for broker and presence, so a dead node's entries are found
+    broker = create_broker(settings, redis_client, node_id=node_id)
+    presence = create_presence(settings, redis_client, node_id=node_id)
+    registry = features.build()
+    hub = Hub(broker, presence, settings, registry, app, app.get(keys.METRICS))
+    control = Control(broker, hub)
+    viewers = ViewerCounts(hub, settings.viewer_count_interval_s)
+    app[socket_keys.BROKER] = broker
+    app[socket_keys.PRESENCE] = presence
+    app[socket_keys.OPS] = registry
+    app[socket_keys.HUB] = hub
+    app[socket_keys.CONTROL] = control
+    await presence.start()
+    await hub.start()
+    try:
+        await control.start()
+        viewers.start()
+        yield
+    finally:
+        await viewers.close()
+        control.close()
+        await hub.close()
+        await presence.close()
+        await broker.close()
+
+
 async def freeze_startup_heap(app: web.Application) -> None:
     """Move what start-up built (modules, pools, caches) out of the collector's reach.
 
@@ -178,4 +241,4 @@ async def freeze_startup_heap(app: web.Application) -> None:
 
 def contexts(dsn: str) -> list[Ctx]:
     """The worker's contexts in start order (torn down in reverse)."""
-    return [database(dsn), auth, redis, limiter, retention_context, ledger(dsn), wallet]
+    return [database(dsn), auth, redis, limiter, retention, ledger(dsn), wallet, socket]

@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     ws_max_frame_bytes: int = Field(65_536, ge=256, description="Largest inbound socket frame.")
     ws_max_rooms_per_conn: int = Field(16, ge=1, description="Rooms one connection may join.")
     ws_max_conns_per_user: int = Field(8, ge=1, description="Open sockets per user, on all nodes together.")
+    ws_max_conns_per_node: int = Field(50_000, ge=1, description="Sockets one worker holds; beyond it the upgrade "
+                                       "is refused with 503 and Retry-After so clients try again (elsewhere).")
     ws_max_guests_per_ip: int = Field(1000, ge=1, description="Guest sockets per client IP on one node "
                                                            "(a venue behind one NAT stays well inside it).")
     ws_outbound_max_bytes: int = Field(1_048_576, ge=4096,

@@ -21,27 +21,42 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from aiohttp import web
+
+from server.kernel.identity import Identity
+from server.kernel.settings import Settings
 from signaling.core.frames import text_frame
 from signaling.core.protocol import CLOSE_REASONS, Close
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from server.kernel.identity import Identity
-    from server.kernel.settings import Settings
 
 log = logging.getLogger("greenroom.socket")
 
 OPS_WINDOW_S = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a member may do in a room, decided by the room feature's gate at join.
+
+    The core reads only `role` (presence info) and `announce` (whether the member's joins and
+    leaves are published: staff are, viewers are only counted); a feature subclasses it with the
+    rights its ops check (`signaling.features.rooms.access.RoomGrant`).
+    """
+
+    role: str
+    announce: bool
+
+    def describe(self) -> dict[str, Any]:
+        """What the join reply tells the client about its rights."""
+        return {"role": self.role}
+
+
 @dataclass(slots=True)
 class Membership:
     """A joined room. Until `live`, events are held in `backlog` while the join fetches history."""
 
-    grant: Any  # signaling.features.rooms.access.RoomGrant; the hub reads only `announce` from it
+    grant: Grant
     live: bool = False
     backlog: list[tuple[int, bytes]] = field(default_factory=list)
     overflowed: bool = False
@@ -93,6 +108,7 @@ class Connection:
         self.identity: Identity | None = None
         self.authenticated = False  # True once signed in or admitted as a guest
         self.rooms: dict[str, Membership] = {}
+        self.detached = False  # the hub forgot it: nothing may count it any more
         self.close_code: int | None = None
         self.max_buffered = 0  # highest unsent byte count seen; tests and metrics read it
         self._transport = transport

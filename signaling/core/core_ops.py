@@ -1,7 +1,8 @@
 """The socket's core ops: `auth`, `join`, `leave`, `presence`, `ping`.
 
-Room features (chat, tips, moderation, seats, rtc) declare their own ops in their modules the
-same way (`protocol.op`) and are listed in `signaling.features.registry`.
+Room features (chat, tips, moderation, seats, rtc) declare their own ops the same way (an `OpGroup`
+in their `ops` module) and are listed in `signaling.features.registry`. Who may join a room is the
+room feature's gate (`OpRegistry.gate`), not the core's.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
 from signaling.core import keys as socket_keys
 from signaling.core.broker import StreamPosition
-from signaling.core.protocol import Close, OpContext, OpData, op
-from signaling.features.rooms import access as rooms
+from signaling.core.connection import Connection, Membership
+from signaling.core.ops import OpContext, OpData, OpGroup
+from signaling.core.protocol import Close
+
+OPS = OpGroup()
 
 
 class AuthData(OpData):
@@ -36,7 +40,7 @@ class PresenceData(OpData):
     limit: StrictInt = Field(default=100, ge=1, le=100_000)
 
 
-def session_info(conn: Any) -> dict[str, Any]:
+def session_info(conn: Connection) -> dict[str, Any]:
     ident = conn.identity
     if ident is None:
         return {"conn_id": conn.conn_id, "user_id": None, "role": "guest", "expires_at": None}
@@ -44,7 +48,7 @@ def session_info(conn: Any) -> dict[str, Any]:
             "expires_at": ident.expires_at}
 
 
-@op("auth", schema=AuthData, auth="any", room="none")
+@OPS.op("auth", schema=AuthData, auth="any", room="none")
 async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     """Sign in (first op, or a refresh before `exp`); without a token, continue as a guest.
 
@@ -55,7 +59,7 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     if data.token is None:
         if conn.identity is not None:
             raise ApiError(ErrorCode.BAD_REQUEST, "a signed-in session cannot become a guest; open a new socket")
-        if not ctx.app[socket_keys.HUB].admit_guest(conn):
+        if not ctx.app[socket_keys.HUB].admission.admit_guest(conn):
             limit = ctx.app[keys.SETTINGS].ws_max_guests_per_ip
             ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
             raise ApiError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} guest sockets per address",
@@ -71,7 +75,7 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
         raise
     if conn.identity is not None and identity.user_id != conn.identity.user_id:
         raise ApiError(ErrorCode.PERMISSION_DENIED, "a session cannot change user; open a new socket")
-    if not await ctx.app[socket_keys.HUB].admit_user(conn, identity.user_id):
+    if not await ctx.app[socket_keys.HUB].admission.admit_user(conn, identity.user_id):
         limit = ctx.app[keys.SETTINGS].ws_max_conns_per_user
         ctx.defer(lambda: conn.close_soon(Close.TOO_MANY_CONNECTIONS))
         raise ApiError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} open sockets per user",
@@ -80,7 +84,7 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     return session_info(conn)
 
 
-@op("join", schema=JoinData, auth="any", room="named")
+@OPS.op("join", schema=JoinData, auth="any", room="named")
 async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
     """Enter a room; with `since`, also get every event missed after that position.
 
@@ -95,28 +99,27 @@ async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
     if len(conn.rooms) >= settings.ws_max_rooms_per_conn:
         raise ApiError(ErrorCode.TOO_MANY_ROOMS, f"at most {settings.ws_max_rooms_per_conn} rooms per connection",
                        details={"limit": settings.ws_max_rooms_per_conn})
-    grant = await rooms.authorize_join(ctx.app, conn.identity, name)
+    grant = await ctx.app[socket_keys.OPS].gate(ctx.app, conn.identity, name)
     since = StreamPosition(data.since.offset, data.since.epoch) if data.since is not None else None
     hub = ctx.app[socket_keys.HUB]
-    result = await hub.join(conn, name, grant, since)
+    result = await hub.join(conn, name, Membership(grant), since)
     ctx.defer(lambda: hub.go_live(conn, name, result["offset"]))
-    result["grant"] = {"role": grant.role, "can_chat": grant.can_chat, "can_tip": grant.can_tip,
-                       "can_moderate": grant.can_moderate}
+    result["grant"] = grant.describe()
     return result
 
 
-@op("leave", auth="any", room="joined")
+@OPS.op("leave", auth="any", room="joined")
 async def leave(ctx: OpContext, data: OpData) -> None:
     await ctx.app[socket_keys.HUB].leave(ctx.session, ctx.room_name)
 
 
-@op("presence", schema=PresenceData, auth="any", room="joined")
+@OPS.op("presence", schema=PresenceData, auth="any", room="joined")
 async def presence(ctx: OpContext, data: PresenceData) -> dict[str, Any]:
     """Who is in the room, across nodes: the count and up to `limit` members."""
     limit = min(data.limit, ctx.app[keys.SETTINGS].presence_members_max)
     return await ctx.app[socket_keys.HUB].presence_of(ctx.room_name, limit)
 
 
-@op("ping", auth="any", room="none")
+@OPS.op("ping", auth="any", room="none")
 async def ping(ctx: OpContext, data: OpData) -> dict[str, Any]:
     return {"at": time.time()}

@@ -19,10 +19,7 @@ the room joined.
 from __future__ import annotations
 
 import asyncio
-import functools
-import importlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -31,48 +28,25 @@ from pydantic import ValidationError
 
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, validation_details
+from server.kernel.identity import Identity
+from server.kernel.limits import budget
 from server.kernel.net import client_ip
 from signaling.core import keys as socket_keys
-from signaling.core.backend import create_broker, create_presence, new_node_id
 from signaling.core.connection import Connection
-from signaling.core.hub import Hub
-from signaling.core.protocol import MAX_REF, OPS, Close, Envelope, OpContext, reply_error, reply_ok
-from signaling.features.rooms import access as rooms
+from signaling.core.ops import OpContext, OpSpec
+from signaling.core.protocol import MAX_REF, Close, Envelope, reply_error, reply_ok
 
 log = logging.getLogger("greenroom.socket")
 
-# Modules whose import registers socket ops: the core ops and the room features.
-OP_MODULES = ("signaling.core.core_ops", "signaling.features.registry")
 
+def mount_socket(app: web.Application) -> None:
+    """The `/ws` route and the shutdown hook that closes sockets with 1001.
 
-def setup_socket(app: web.Application) -> None:
-    """Route, lifecycle (broker, presence, hub) and the shutdown hook that closes sockets with 1001."""
-    for module in OP_MODULES:
-        importlib.import_module(module)
+    The services it reads (`socket_keys.HUB`, `OPS`, ...) come from the composition root's socket
+    context (`server.app.lifecycle.socket`).
+    """
     app.router.add_get("/ws", websocket)
-    app.cleanup_ctx.append(_socket_services)
     app.on_shutdown.append(_close_all)
-
-
-async def _socket_services(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    redis = keys.redis_of(app)
-    node_id = new_node_id()  # one id for broker and presence, so a dead node's entries are found
-    broker = create_broker(settings, redis, node_id=node_id)
-    presence = create_presence(settings, redis, node_id=node_id)
-    hub = Hub(broker, presence, settings, app.get(keys.METRICS))
-    hub.access_check = functools.partial(rooms.admitted, app[keys.DB])
-    app[socket_keys.BROKER] = broker
-    app[socket_keys.PRESENCE] = presence
-    app[socket_keys.HUB] = hub
-    await presence.start()
-    await hub.start()
-    try:
-        yield
-    finally:
-        await hub.close()
-        await presence.close()
-        await broker.close()
 
 
 async def _close_all(app: web.Application) -> None:
@@ -92,6 +66,10 @@ async def _close_all(app: web.Application) -> None:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     settings = app[keys.SETTINGS]
+    hub = app[socket_keys.HUB]
+    if hub.admission.full:
+        raise ApiError(ErrorCode.UNAVAILABLE, "this node holds as many sockets as it may; connect again shortly",
+                       details={"limit": settings.ws_max_conns_per_node}, headers={"Retry-After": "1"})
     # No compression: frames are built once and written as raw bytes to every member.
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_frame_bytes,
                                compress=False, timeout=settings.ws_close_timeout_s)
@@ -99,7 +77,6 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     transport = request.transport
     if transport is None:  # the peer left during the handshake
         return ws
-    hub = app[socket_keys.HUB]
     conn = Connection(ws, transport, settings, hub.outbox)
     conn.remote = client_ip(request)
     hub.attach(conn)
@@ -124,12 +101,12 @@ async def _auth_from_query(request: web.Request, conn: Connection) -> bool:
         except ApiError as exc:
             conn.close_soon(Close.AUTH_FAILED, exc.message)
             return False
-        if not await request.app[socket_keys.HUB].admit_user(conn, identity.user_id):
+        if not await request.app[socket_keys.HUB].admission.admit_user(conn, identity.user_id):
             conn.close_soon(Close.TOO_MANY_CONNECTIONS)
             return False
         conn.sign_in(identity)
     elif request.query.get("guest") in ("1", "true"):
-        if not request.app[socket_keys.HUB].admit_guest(conn):
+        if not request.app[socket_keys.HUB].admission.admit_guest(conn):
             conn.close_soon(Close.TOO_MANY_CONNECTIONS)
             return False
         conn.admit_guest()
@@ -185,7 +162,7 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
         except ValidationError as exc:
             raise ApiError(ErrorCode.BAD_REQUEST, "the message is not a valid envelope {op, ref, room?, data?}",
                            details=validation_details(exc)) from None
-        spec = OPS.get(env.op)
+        spec = app[socket_keys.OPS].get(env.op)
         if spec is None:
             raise ApiError(ErrorCode.UNKNOWN_OP, f"unknown op {env.op!r}", details={"op": env.op})
         if not conn.authenticated and spec.name != "auth":
@@ -193,6 +170,8 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
                            "send `auth` first (with a token, or `data: {}` as a guest)")
         if spec.auth == "user" and conn.identity is None:
             raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, f"{spec.name!r} needs a signed-in user")
+        if spec.roles and (conn.identity is None or conn.identity.role not in spec.roles):
+            raise ApiError(ErrorCode.PERMISSION_DENIED, f"{spec.name!r} is for: {', '.join(spec.roles)}")
         if spec.room != "none":
             if env.room is None:
                 raise ApiError(ErrorCode.BAD_REQUEST, f"{spec.name!r} needs a `room`")
@@ -203,6 +182,7 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
         except ValidationError as exc:
             raise ApiError(ErrorCode.VALIDATION_ERROR, f"invalid data for {spec.name!r}",
                            details=validation_details(exc)) from None
+        await _spend(app, spec, conn.identity, conn.remote)
         ctx = OpContext(conn, env.ref, env.room, app)
         result = await spec.handler(ctx, data)
         conn.send(reply_ok(env.ref, result))
@@ -214,3 +194,17 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
     if ctx is not None:
         for callback in ctx.after_reply:
             callback()
+
+
+async def _spend(app: web.Application, spec: OpSpec, identity: Identity | None, remote: str) -> None:
+    """Take one unit of the op's rate category: the caller's budget, shared with REST routes of it."""
+    if spec.rate == "none":
+        return
+    category = spec.rate if identity is not None else "anonymous"
+    key = f"{category}:{identity.user_id if identity is not None else remote}"
+    allowance = budget(app[keys.SETTINGS], category)
+    decision = await app[keys.LIMITER].hit(key, allowance)
+    if not decision.allowed:
+        raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED,
+                       f"at most {allowance.limit} {category} requests per {allowance.window_s:g} s",
+                       details={"category": category, "retry_after_s": round(decision.retry_after_s, 3)})

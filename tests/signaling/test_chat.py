@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 from server.kernel import keys
 from server.kernel.errors import ApiError
 from signaling.features.rooms import access as rooms
+from signaling.features.rooms import moderation
 from tests.support.factories import TestUser, make_user
 from tests.support.rooms_support import identity
 from tests.support.socket_support import Sock, connect, eventually, public_room
@@ -130,7 +131,7 @@ async def test_delete_rights(client: TestClient) -> None:
     alice, bob, mod = await make_user(app), await make_user(app), await make_user(app)
     room = await public_room(app, host)
     other_room = await public_room(app)
-    await rooms.add_moderator(app, identity(host), room, mod.id)
+    await moderation.add_moderator(app, identity(host), room, mod.id)
     a, b, m = [await _joined(client, u, room) for u in (alice, bob, mod)]
     msg1 = await a.ok("chat.send", room, text="one")
     msg2 = await a.ok("chat.send", room, text="two")

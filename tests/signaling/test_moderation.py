@@ -14,6 +14,7 @@ from server.kernel import keys
 from server.kernel.errors import ApiError
 from signaling.features.chat import retention
 from signaling.features.rooms import access as rooms
+from signaling.features.rooms import moderation
 from tests.support.factories import TestUser, make_user
 from tests.support.rooms_support import call_op, identity, new_stream, room_of
 
@@ -160,7 +161,7 @@ async def test_ban_duration_is_bounded(client: TestClient, cast: dict[str, TestU
 async def test_rank_rules(client: TestClient, cast: dict[str, TestUser]) -> None:
     app = client.app
     room = room_of(await new_stream(client, cast["host"]))
-    await rooms.add_moderator(app, identity(cast["host"]), room, cast["moderator"].id)
+    await moderation.add_moderator(app, identity(cast["host"]), room, cast["moderator"].id)
     mod_id, viewer_id, host_id = (str(cast[n].id) for n in ("moderator", "viewer", "host"))
     # a viewer moderates nobody
     assert await _code(call_op(app, "room.kick", cast["viewer2"], room, {"user_id": viewer_id})) == "PERMISSION_DENIED"
@@ -172,14 +173,14 @@ async def test_rank_rules(client: TestClient, cast: dict[str, TestUser]) -> None
         assert await _code(call_op(app, "room.ban", cast[actor], room, {"user_id": host_id})) == "PERMISSION_DENIED"
     # a moderator cannot act on a moderator or an admin; nobody acts on themselves
     mod2 = await make_user(app)
-    await rooms.add_moderator(app, identity(cast["host"]), room, mod2.id)
+    await moderation.add_moderator(app, identity(cast["host"]), room, mod2.id)
     assert await _code(call_op(app, "room.kick", cast["moderator"], room, {"user_id": str(mod2.id)})) \
         == "PERMISSION_DENIED"
     assert await _code(call_op(app, "room.kick", cast["moderator"], room, {"user_id": str(cast["admin"].id)})) \
         == "PERMISSION_DENIED"
     assert await _code(call_op(app, "room.kick", cast["moderator"], room, {"user_id": mod_id})) == "BAD_REQUEST"
     # only the host (or an admin) appoints moderators
-    assert await _code(rooms.add_moderator(app, identity(cast["moderator"]), room, cast["viewer"].id)) \
+    assert await _code(moderation.add_moderator(app, identity(cast["moderator"]), room, cast["viewer"].id)) \
         == "PERMISSION_DENIED"
     # unknown target
     assert await _code(call_op(app, "room.kick", cast["host"], room, {"user_id": str(uuid.uuid4())})) == "NOT_FOUND"
@@ -197,7 +198,7 @@ async def test_moderator_cap_holds_under_concurrency(client: TestClient, make_se
     host = await make_user(app, role="performer")
     room = room_of(await new_stream(app_client, host))
     users = [await make_user(app) for _ in range(8)]
-    results = await asyncio.gather(*(_code(rooms.add_moderator(app, identity(host), room, u.id)) for u in users))
+    results = await asyncio.gather(*(_code(moderation.add_moderator(app, identity(host), room, u.id)) for u in users))
     assert sorted(results) == ["CONFLICT"] * 5 + ["OK"] * 3
     assert await app[keys.DB].fetchval("SELECT count(*) FROM room_moderators WHERE room = $1", room) == 3
 
@@ -212,10 +213,10 @@ async def test_moderator_cap_holds_under_concurrency(client: TestClient, make_se
 def test_mute_schema_refuses_bad_data(data: dict[str, object]) -> None:
     from pydantic import ValidationError
 
-    from signaling.core.protocol import OPS
+    from signaling.features.rooms.ops import MuteData
 
     with pytest.raises(ValidationError):
-        OPS["room.mute"].schema.model_validate(data)
+        MuteData.model_validate(data)
 
 
 # --- reports and flags -------------------------------------------------------------------------

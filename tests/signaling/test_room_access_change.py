@@ -98,9 +98,9 @@ async def test_admitted_agrees_with_admits_for_every_grant(access: rooms.Access,
         users += [granted.id, expired.id]
     plain = await make_user(app)
     users.append(plain.id)
-    guests, admitted = await rooms.admitted(db, room, users)
+    guests, admitted = await rooms.admitted(app, room, users)
     assert guests == (access == "public")
     standings = await asyncio.gather(*(rooms.standing(db, room, uid) for uid in users))
     assert admitted == {uid for uid, (s, _) in zip(users, standings, strict=True) if rooms.admits(s)}
     assert {host.id, admin.id} <= admitted
-    assert await rooms.admitted(db, "stream:" + str(uuid.uuid4()), users) == (False, set())
+    assert await rooms.admitted(app, "stream:" + str(uuid.uuid4()), users) == (False, set())

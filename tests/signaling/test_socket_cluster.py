@@ -10,7 +10,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.kernel.settings import Settings
+from signaling.features.rooms import moderation
 from tests.support.factories import make_user
+from tests.support.rooms_support import identity
 from tests.support.socket_support import Sock, connect, eventually, hub_of, public_room
 
 
@@ -86,10 +88,10 @@ async def test_presence_counts_staff_and_bans_span_nodes(make_settings: Any, mak
     assert (await sa.event("member.joined"))["data"] == {"user_id": str(host.id), "role": "performer"}
     await asyncio.wait_for(count_seen(sa, 3), 5)
 
-    # A ban published on node A removes the user's socket on node B from the room at once.
-    await hub_of(a).publish(room, "member.banned", {"user_id": str(viewer_b.id), "until": None})
+    # A ban on node A removes the user's socket on node B from the room at once (the control channel).
+    await moderation.ban(a.app, identity(host), room, viewer_b.id, "spam", None)
     assert (await sb.event("member.banned"))["data"]["user_id"] == str(viewer_b.id)
-    await eventually(lambda: room not in next(iter(hub_of(b).by_user[viewer_b.id])).rooms)
+    await eventually(lambda: room not in next(iter(hub_of(b).admission.by_user[viewer_b.id])).rooms)
     assert await sb.error("presence", room) == "NOT_JOINED"
     await asyncio.wait_for(count_seen(sa, 2), 5)
 
@@ -132,10 +134,10 @@ async def test_the_socket_limit_per_user_counts_every_node(make_settings: Any, m
     # Through the query string too, on the other node.
     by_query = await connect(b, token=user.token, auth_op=False)
     assert await by_query.closed() == 4009
-    assert user.id not in hub_of(a).by_user or len(hub_of(a).by_user[user.id]) == 1
+    assert user.id not in hub_of(a).admission.by_user or len(hub_of(a).admission.by_user[user.id]) == 1
 
     await second.close()  # frees a place on node B, which node A sees
-    await eventually(lambda: user.id not in hub_of(b).by_user)
+    await eventually(lambda: user.id not in hub_of(b).admission.by_user)
     again = await connect(a, token=user.token)
     assert "at" in await again.ok("ping")
     assert "at" in await first.ok("ping")

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity
+from signaling.core import keys as socket_keys
 from signaling.core.protocol import Close
 from tests.support.factories import make_user
 from tests.support.socket_support import connect, eventually, hub_of, public_room
@@ -140,7 +141,7 @@ async def test_room_and_connection_limits(socket_client: MakeClient) -> None:
     assert await fourth.error("auth", token=user.token) == "TOO_MANY_CONNECTIONS"
     assert await fourth.closed() == Close.TOO_MANY_CONNECTIONS
     await second.close()
-    await eventually(lambda: len(hub_of(client).by_user.get(user.id, ())) == 1)
+    await eventually(lambda: len(hub_of(client).admission.by_user.get(user.id, ())) == 1)
     await connect(client, token=user.token)  # a slot is free again
 
 
@@ -158,7 +159,7 @@ async def test_guest_sockets_are_limited_per_address(socket_client: MakeClient) 
     user = await make_user(client.app)
     await connect(client, token=user.token)
     await first.close()
-    await eventually(lambda: len(hub_of(client).guests_by_ip.get("127.0.0.1", ())) == 1)
+    await eventually(lambda: len(hub_of(client).admission.guests_by_ip.get("127.0.0.1", ())) == 1)
     await connect(client, guest=True)  # a slot is free again
 
 
@@ -245,9 +246,12 @@ async def test_kick_removes_the_user_from_the_room_at_once(socket_client: MakeCl
     for s in (kicked, second_tab, other):
         await s.ok("join", room)
     hub = hub_of(client)
+    # A room event alone removes nobody: room streams carry room events only.
     await hub.publish(room, "member.kicked", {"user_id": str(target.id)})
     for s in (kicked, second_tab, other):
         assert (await s.event("member.kicked"))["data"] == {"user_id": str(target.id)}
+    assert await kicked.ok("presence", room)
+    await client.app[socket_keys.CONTROL].remove(target.id, room)
     after = await hub.publish(room, "test.note", {})
     assert (await other.event("test.note"))["offset"] == after
     assert await kicked.error("presence", room) == "NOT_JOINED"

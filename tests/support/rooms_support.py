@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-import signaling.features.registry  # noqa: F401 - registers the chat and moderation ops
 from server.kernel.identity import Identity
-from signaling.core.protocol import OPS, OpContext
+from signaling.core import keys as socket_keys
+from signaling.core.ops import OpContext
 from tests.support.factories import TestUser
 
 
@@ -30,7 +30,8 @@ class Session:
 async def call_op(app: web.Application, name: str, user: TestUser | None, room: str | None,
                   data: dict[str, Any]) -> Any:
     """Run a registered op's handler the way the endpoint does: validate `data`, then call."""
-    spec = OPS[name]
+    spec = app[socket_keys.OPS].get(name)
+    assert spec is not None, f"no op {name!r} in this app"
     parsed = spec.schema.model_validate(data)
     ctx = OpContext(session=Session(identity(user) if user else None), ref=1, room=room, app=app)
     return await spec.handler(ctx, parsed)

@@ -15,29 +15,20 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
 
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from server.kernel.limits import Budget
 from signaling.core import keys as socket_keys
-from signaling.core.protocol import OpContext, OpData, op
 from signaling.features.rooms import access as rooms
 
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # Settings cap `chat_max_chars` at 10,000; the schema refuses anything longer before it is decoded further.
 SCHEMA_MAX_CHARS = 10_000
 # Bidirectional overrides and isolates (Cf) reorder the text around them: a spoofing tool in chat.
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
-class ChatSend(OpData):
-    text: str = Field(max_length=SCHEMA_MAX_CHARS)
-
-
-class ChatDelete(OpData):
-    id: str = Field(pattern=UUID_PATTERN)
 
 
 def clean_text(text: str) -> str:
@@ -105,13 +96,3 @@ async def delete_message(app: web.Application, actor: Identity, room: str, messa
         return {"id": str(message_id), "deleted": True}
     offset = await app[socket_keys.HUB].publish(room, "chat.deleted", {"id": str(message_id)})
     return {"id": str(message_id), "deleted": True, "offset": offset}
-
-
-@op("chat.send", schema=ChatSend, auth="user", room="joined")
-async def chat_send(ctx: OpContext, data: ChatSend) -> dict[str, Any]:
-    return await send_message(ctx.app, ctx.user, ctx.room_name, data.text)
-
-
-@op("chat.delete", schema=ChatDelete, auth="user", room="joined")
-async def chat_delete(ctx: OpContext, data: ChatDelete) -> dict[str, Any]:
-    return await delete_message(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.id))

@@ -7,15 +7,10 @@ next pass. `SKIP LOCKED` lets every node run the task without them fighting over
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 import asyncpg
-from aiohttp import web
 
-from server.kernel import keys
 from server.kernel.settings import Settings
 
 log = logging.getLogger("greenroom.retention")
@@ -55,26 +50,3 @@ async def purge(db: asyncpg.Pool, settings: Settings) -> dict[str, int]:
         "room_mutes": await _batched(db, _PURGE_MUTES, batch, batch=batch, max_batches=max_batches),
         "room_bans": await _batched(db, _PURGE_BANS, batch, batch=batch, max_batches=max_batches),
     }
-
-
-async def _loop(app: web.Application) -> None:
-    settings = app[keys.SETTINGS]
-    while True:
-        # Wait first: a pass at start-up would race a quick shutdown for the pool (tests, restarts).
-        await asyncio.sleep(settings.chat_purge_interval_s)
-        try:
-            counts = await purge(app[keys.DB], settings)
-            if any(counts.values()):
-                log.info("retention purge", extra=counts)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            log.exception("retention purge failed; retrying next interval")
-
-
-async def retention_context(app: web.Application) -> AsyncIterator[None]:
-    """Lifecycle context: runs the purge every `chat_purge_interval_s` (needs the database context)."""
-    task = asyncio.create_task(_loop(app), name="chat-retention")
-    app[keys.BACKGROUND].append(task)
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -5,8 +5,9 @@ A room is `stream:{uuid}` or `show:{uuid}`. Its row holds the host and the acces
 `room_moderators`, `room_bans`, `room_mutes` and `room_settings` hold the staff and the
 moderation state. Everything here is PostgreSQL, so a ban is durable and every node sees it.
 
-Rank decides who may moderate whom: admin > host (performer) > room moderator > everyone else.
-An actor needs a rank of at least moderator and strictly above the target's.
+Rank decides who may moderate whom (`moderation.py`): admin > host (performer) > room moderator >
+everyone else. This module is the socket core's gate: `authorize_join` decides who enters a room
+and with what `RoomGrant`, `admitted` who may stay after the access rule changed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 import asyncpg
@@ -24,7 +25,7 @@ from aiohttp import web
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
-from signaling.core import keys as socket_keys
+from signaling.core.connection import Grant, Membership
 
 RoomKind = Literal["stream", "show"]
 Access = Literal["public", "ticket", "pass", "private"]
@@ -46,22 +47,28 @@ RANK: dict[str, int] = {"guest": 0, "viewer": 0, "moderator": 1, "performer": 2,
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
-@dataclass(frozen=True)
-class RoomGrant:
-    """What a member may do in a room, decided at join."""
+@dataclass(frozen=True, slots=True)
+class RoomGrant(Grant):
+    """What a member may do in a room, decided at join (`authorize_join`)."""
 
     room: str
     kind: RoomKind
     room_id: uuid.UUID
-    role: RoomRole
     can_chat: bool
     can_tip: bool
     can_moderate: bool
 
-    @property
-    def announce(self) -> bool:
-        """Staff joins and leaves are announced (`member.joined`); viewers are only counted."""
-        return self.role in ("performer", "moderator")
+    def describe(self) -> dict[str, Any]:
+        return {"role": self.role, "can_chat": self.can_chat, "can_tip": self.can_tip,
+                "can_moderate": self.can_moderate}
+
+
+def grant_of(member: Membership | None) -> RoomGrant | None:
+    """The rooms feature's grant of a joined room (None when not joined)."""
+    if member is None:
+        return None
+    assert isinstance(member.grant, RoomGrant), "the rooms feature is the gate of every room"
+    return member.grant
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +203,13 @@ FROM rooms r WHERE r.name = $1
 """
 
 
-async def admitted(db: Db, room: str, user_ids: Collection[uuid.UUID]) -> tuple[bool, set[uuid.UUID]]:
+async def admitted(app: web.Application, room: str, user_ids: Collection[uuid.UUID]) -> tuple[bool, set[uuid.UUID]]:
     """Whether guests may stay in the room, and which of these users its access rule lets in now.
 
     One query for a whole room's members (the hub re-checks its sockets when the rule changes);
     bans aside, which eject by themselves. An unknown room admits nobody.
     """
-    row = await db.fetchrow(_ADMITTED_SQL, room, list(user_ids))
+    row = await app[keys.DB].fetchrow(_ADMITTED_SQL, room, list(user_ids))
     if row is None:
         return False, set()
     return bool(row[0]), set(row[1])
@@ -224,190 +231,8 @@ async def authorize_join(app: web.Application, identity: Identity | None, room: 
             raise forbidden(f"this room needs a {s.access}; sign in with an account that holds one")
         raise forbidden("this room is private" if s.access == "private" else f"this room needs a {s.access}")
     signed_in = identity is not None
-    return RoomGrant(room=room, kind=kind, room_id=room_id, role=s.role,
+    # Staff joins and leaves are announced (`member.joined`); viewers are only counted.
+    return RoomGrant(role=s.role, announce=s.role in ("performer", "moderator"), room=room, kind=kind, room_id=room_id,
                      can_chat=signed_in and s.muted_until is None,
                      can_tip=signed_in and s.role != "performer",
                      can_moderate=s.rank >= RANK["moderator"])
-
-
-# --- moderation -------------------------------------------------------------------------------
-
-async def _require_staff(db: Db, room: str, actor: Identity, doing: str) -> None:
-    me, _ = await standing(db, room, actor.user_id)
-    if me.rank < RANK["moderator"]:
-        raise forbidden(f"only the performer or a moderator of this room may {doing}")
-
-
-async def _lift(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID,
-                table: Literal["room_bans", "room_mutes"], what: str) -> None:
-    """Remove a ban or a mute (staff only); NOT_FOUND when there was none."""
-    db = app[keys.DB]
-    await _require_staff(db, room, actor, "do this")
-    removed = await db.fetchval(f"DELETE FROM {table} WHERE room = $1 AND user_id = $2 RETURNING true",
-                                room, target_id)
-    if not removed:
-        raise not_found(what)
-
-async def _actor_and_target(db: Db, room: str, actor: Identity, target_id: uuid.UUID,
-                            *, min_rank: int = RANK["moderator"]) -> tuple[Standing, Standing]:
-    """Check that `actor` may act on `target_id` in `room`; return both standings."""
-    if actor.user_id == target_id:
-        raise ApiError(ErrorCode.BAD_REQUEST, "you cannot do this to yourself")
-    me, _ = await standing(db, room, actor.user_id)
-    if me.rank < min_rank:
-        raise forbidden("only the performer or a moderator of this room may do this"
-                        if min_rank <= RANK["moderator"] else "only the performer of this room may do this")
-    them, exists = await standing(db, room, target_id)
-    if not exists:
-        raise not_found("user")
-    if them.host_id == target_id:
-        raise forbidden("the performer of a room cannot be moderated in it")
-    if them.rank >= me.rank:
-        raise forbidden("you may not act on someone of equal or higher rank in this room")
-    return me, them
-
-
-async def _publish(app: web.Application, room: str, type_: str, data: dict[str, Any]) -> int:
-    offset: int = await app[socket_keys.HUB].publish(room, type_, data)
-    return offset
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t is not None else None
-
-
-async def add_moderator(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
-    """Host or admin appoints a room moderator (idempotent)."""
-    settings = app[keys.SETTINGS]
-    db = app[keys.DB]
-    async with db.acquire() as conn, conn.transaction():
-        # Serialize appointments per room so the cap holds under concurrency.
-        await conn.execute("SELECT 1 FROM rooms WHERE name = $1 FOR UPDATE", room)
-        await _actor_and_target(conn, room, actor, target_id, min_rank=RANK["performer"])
-        count = await conn.fetchval("SELECT count(*) FROM room_moderators WHERE room = $1", room)
-        if count >= settings.room_moderators_max:
-            raise ApiError(ErrorCode.CONFLICT, f"a room has at most {settings.room_moderators_max} moderators")
-        await conn.execute(
-            """INSERT INTO room_moderators (room, user_id, added_by) VALUES ($1, $2, $3)
-               ON CONFLICT (room, user_id) DO NOTHING""", room, target_id, actor.user_id)
-    data = {"user_id": str(target_id), "role": "moderator"}
-    await _publish(app, room, "member.role", data)
-    return data
-
-
-async def remove_moderator(app: web.Application, actor: Identity, room: str,
-                           target_id: uuid.UUID) -> dict[str, Any]:
-    db = app[keys.DB]
-    me, _ = await standing(db, room, actor.user_id)
-    if me.rank < RANK["performer"]:
-        raise forbidden("only the performer of this room may do this")
-    removed = await db.fetchval("DELETE FROM room_moderators WHERE room = $1 AND user_id = $2 RETURNING true",
-                                room, target_id)
-    if not removed:
-        raise not_found("moderator")
-    data = {"user_id": str(target_id), "role": "viewer"}
-    await _publish(app, room, "member.role", data)
-    return data
-
-
-def _until(seconds: int | None) -> datetime | None:
-    return None if seconds is None else datetime.now(UTC) + timedelta(seconds=seconds)
-
-
-async def ban(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID, reason: str,
-              duration_s: int | None) -> dict[str, Any]:
-    """Ban durably (until lifted or `duration_s` passes) and remove the user from the room on every node."""
-    settings = app[keys.SETTINGS]
-    if duration_s is not None and not 1 <= duration_s <= settings.room_ban_max_s:
-        raise ApiError(ErrorCode.VALIDATION_ERROR,
-                       f"duration_s must be 1-{settings.room_ban_max_s} (or omitted: permanent)")
-    db = app[keys.DB]
-    until = _until(duration_s)
-    async with db.acquire() as conn, conn.transaction():
-        await _actor_and_target(conn, room, actor, target_id)
-        await conn.execute(
-            """INSERT INTO room_bans (room, user_id, until, reason, banned_by) VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (room, user_id) DO UPDATE
-                  SET until = EXCLUDED.until, reason = EXCLUDED.reason, banned_by = EXCLUDED.banned_by,
-                      created_at = now()""",
-            room, target_id, until, reason, actor.user_id)
-        # A banned moderator is no longer staff when the ban lifts.
-        await conn.execute("DELETE FROM room_moderators WHERE room = $1 AND user_id = $2", room, target_id)
-    data = {"user_id": str(target_id), "until": _iso(until)}
-    await _publish(app, room, "member.banned", data)
-    return {**data, "reason": reason}
-
-
-async def unban(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
-    await _lift(app, actor, room, target_id, "room_bans", "ban")
-    return {"user_id": str(target_id), "unbanned": True}
-
-
-async def list_bans(app: web.Application, actor: Identity, room: str, page: int,
-                    per_page: int) -> tuple[list[dict[str, Any]], int]:
-    db = app[keys.DB]
-    await _require_staff(db, room, actor, "see its bans")
-    rows = await db.fetch(
-        """SELECT b.user_id, u.display_name, b.until, b.reason, b.banned_by, b.created_at,
-                  count(*) OVER () AS total
-           FROM room_bans b JOIN users u ON u.id = b.user_id
-           WHERE b.room = $1 AND (b.until IS NULL OR b.until > now())
-           ORDER BY b.created_at DESC, b.user_id LIMIT $2 OFFSET $3""",
-        room, per_page, (page - 1) * per_page)
-    total = rows[0]["total"] if rows else 0
-    if not rows and page > 1:
-        total = await db.fetchval(
-            "SELECT count(*) FROM room_bans WHERE room = $1 AND (until IS NULL OR until > now())", room)
-    items = [{"user_id": str(r["user_id"]), "display_name": r["display_name"], "until": _iso(r["until"]),
-              "reason": r["reason"], "banned_by": str(r["banned_by"]) if r["banned_by"] else None,
-              "created_at": r["created_at"].isoformat()} for r in rows]
-    return items, total
-
-
-async def mute(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID,
-               duration_s: int) -> dict[str, Any]:
-    settings = app[keys.SETTINGS]
-    if not 1 <= duration_s <= settings.room_mute_max_s:
-        raise ApiError(ErrorCode.VALIDATION_ERROR, f"duration_s must be 1-{settings.room_mute_max_s}")
-    db = app[keys.DB]
-    until = _until(duration_s)
-    async with db.acquire() as conn, conn.transaction():
-        await _actor_and_target(conn, room, actor, target_id)
-        await conn.execute(
-            """INSERT INTO room_mutes (room, user_id, until, muted_by) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (room, user_id) DO UPDATE
-                  SET until = EXCLUDED.until, muted_by = EXCLUDED.muted_by, created_at = now()""",
-            room, target_id, until, actor.user_id)
-    data = {"user_id": str(target_id), "until": _iso(until)}
-    await _publish(app, room, "member.muted", data)
-    return data
-
-
-async def unmute(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
-    await _lift(app, actor, room, target_id, "room_mutes", "mute")
-    data = {"user_id": str(target_id), "until": None}
-    await _publish(app, room, "member.muted", data)
-    return data
-
-
-async def kick(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID) -> dict[str, Any]:
-    """Remove the user's connections from the room on every node; they may rejoin (unlike a ban)."""
-    await _actor_and_target(app[keys.DB], room, actor, target_id)
-    data = {"user_id": str(target_id)}
-    await _publish(app, room, "member.kicked", data)
-    return data
-
-
-async def set_slow_mode(app: web.Application, actor: Identity, room: str, seconds: int) -> dict[str, Any]:
-    settings = app[keys.SETTINGS]
-    if not 0 <= seconds <= settings.room_slow_mode_max_s:
-        raise ApiError(ErrorCode.VALIDATION_ERROR,
-                       f"seconds must be 0-{settings.room_slow_mode_max_s} (0 turns it off)")
-    db = app[keys.DB]
-    await _require_staff(db, room, actor, "set slow mode")
-    await db.execute(
-        """INSERT INTO room_settings (room, slow_mode_s) VALUES ($1, $2)
-           ON CONFLICT (room) DO UPDATE SET slow_mode_s = EXCLUDED.slow_mode_s""", room, seconds)
-    data = {"seconds": seconds}
-    await _publish(app, room, "room.slow_mode", data)
-    return data

@@ -1,8 +1,7 @@
 """Room moderation over the socket: mute, kick, ban, unban, slow mode.
 
-Each op calls the same domain function as the REST routes (`rooms.py`); the rank rules there
-decide who may act on whom. Kick and ban publish `member.kicked` / `member.banned`, on which the
-hub of every node removes the user's connections from the room.
+Each op calls the same domain function as the REST routes (`moderation.py`); the rank rules there
+decide who may act on whom.
 """
 
 from __future__ import annotations
@@ -12,11 +11,12 @@ from typing import Any
 
 from pydantic import Field, StrictInt
 
-from signaling.core.protocol import OpContext, OpData, op
-from signaling.features.chat.chat import UUID_PATTERN
-from signaling.features.rooms import access as rooms
+from signaling.core.ops import UUID_PATTERN, OpContext, OpData, OpGroup
+from signaling.features.rooms import moderation
 
 REASON_MAX_CHARS = 500
+
+OPS = OpGroup()
 
 
 class Target(OpData):
@@ -36,32 +36,32 @@ class SlowModeData(OpData):
     seconds: StrictInt = Field(ge=0)
 
 
-@op("room.mute", schema=MuteData, auth="user", room="joined")
+@OPS.op("room.mute", schema=MuteData, auth="user", room="joined")
 async def room_mute(ctx: OpContext, data: MuteData) -> dict[str, Any]:
-    return await rooms.mute(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id), data.duration_s)
+    return await moderation.mute(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id), data.duration_s)
 
 
-@op("room.unmute", schema=Target, auth="user", room="joined")
+@OPS.op("room.unmute", schema=Target, auth="user", room="joined")
 async def room_unmute(ctx: OpContext, data: Target) -> dict[str, Any]:
-    return await rooms.unmute(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
+    return await moderation.unmute(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
 
 
-@op("room.kick", schema=Target, auth="user", room="joined")
+@OPS.op("room.kick", schema=Target, auth="user", room="joined")
 async def room_kick(ctx: OpContext, data: Target) -> dict[str, Any]:
-    return await rooms.kick(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
+    return await moderation.kick(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
 
 
-@op("room.ban", schema=BanData, auth="user", room="joined")
+@OPS.op("room.ban", schema=BanData, auth="user", room="joined")
 async def room_ban(ctx: OpContext, data: BanData) -> dict[str, Any]:
-    return await rooms.ban(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id), data.reason.strip(),
+    return await moderation.ban(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id), data.reason.strip(),
                            data.duration_s)
 
 
-@op("room.unban", schema=Target, auth="user", room="joined")
+@OPS.op("room.unban", schema=Target, auth="user", room="joined")
 async def room_unban(ctx: OpContext, data: Target) -> dict[str, Any]:
-    return await rooms.unban(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
+    return await moderation.unban(ctx.app, ctx.user, ctx.room_name, uuid.UUID(data.user_id))
 
 
-@op("room.slow_mode", schema=SlowModeData, auth="user", room="joined")
+@OPS.op("room.slow_mode", schema=SlowModeData, auth="user", room="joined")
 async def room_slow_mode(ctx: OpContext, data: SlowModeData) -> dict[str, Any]:
-    return await rooms.set_slow_mode(ctx.app, ctx.user, ctx.room_name, data.seconds)
+    return await moderation.set_slow_mode(ctx.app, ctx.user, ctx.room_name, data.seconds)

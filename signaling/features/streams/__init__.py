@@ -1,0 +1,1 @@
+"""Streams: a performer's live show and its room (REST-managed; publishes lifecycle events to the room)."""

@@ -186,8 +186,9 @@ async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.U
         hub = app[socket_keys.HUB]
         await hub.publish(room_of(stream_id), "stream.updated", _public_meta(row))
         if access_changed:
-            # Every node re-checks its members of the room and removes those the rule no longer admits.
+            # Members learn the new rule; every node then removes those of its members it no longer admits.
             await hub.publish(room_of(stream_id), "room.access", {"access": row["access"]})
+            await app[socket_keys.CONTROL].recheck_access(room_of(stream_id))
     return await _shape(app, row)
 
 

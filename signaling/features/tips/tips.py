@@ -23,19 +23,15 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import Field, StrictInt
 
 from ledger import Result
 from ledger.flows.tips import transfer_tip
-from ledger.model import INT64_MAX
 from server.commerce.ledger_errors import ledger_call, ledger_error
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
-from server.kernel.limits import budget
 from signaling.core import keys as socket_keys
-from signaling.core.protocol import OpContext, OpData, op
-from signaling.features.chat.chat import UUID_PATTERN, clean_text
+from signaling.features.chat.chat import clean_text
 from signaling.features.rooms import access as rooms
 from signaling.features.streams import streams
 from signaling.features.tips.recorder import TIPS, RecorderFull, StreamTip
@@ -44,10 +40,6 @@ from signaling.features.tips.recorder import TIPS, RecorderFull, StreamTip
 SCHEMA_MESSAGE_MAX = 1000
 
 
-class TipSend(OpData):
-    id: str = Field(pattern=UUID_PATTERN, description="Client-chosen tip id (uuid); retry with the same id.")
-    amount: StrictInt = Field(ge=1, le=INT64_MAX)
-    message: str = Field("", max_length=SCHEMA_MESSAGE_MAX)
 
 
 async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID, amount: int, message: str = "",
@@ -171,22 +163,3 @@ async def stream_tips(app: web.Application, identity: Identity | None, stream_id
               "message": r["message"], "is_private": False, "created_at": r["created_at"].isoformat()}
              for r in rows]
     return items, int(total)
-
-
-@op("tip.send", schema=TipSend, auth="user", room="joined")
-async def tip_send(ctx: OpContext, data: TipSend) -> dict[str, Any]:
-    """Tip the host of the stream room this connection joined (its grant must allow tipping)."""
-    kind, stream_id = rooms.parse_room(ctx.room_name)
-    if kind != "stream":
-        raise ApiError(ErrorCode.BAD_REQUEST, "tips are sent in a stream's room")
-    member = ctx.session.rooms.get(ctx.room_name)
-    if member is None or not member.grant.can_tip:
-        raise forbidden("you may not tip in this room")
-    grant: rooms.RoomGrant = member.grant
-    settings = ctx.app[keys.SETTINGS]
-    decision = await ctx.app[keys.LIMITER].hit(f"tips:{ctx.user.user_id}", budget(settings, "tips"))
-    if not decision.allowed:
-        raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED, f"at most {settings.rate_tips_per_min} tips per minute",
-                       details={"category": "tips", "retry_after_s": round(decision.retry_after_s, 3)})
-    return await send_tip(ctx.app, ctx.user, tip_id=uuid.UUID(data.id), amount=data.amount, message=data.message,
-                          stream_id=stream_id, grant=grant)
