@@ -143,3 +143,66 @@ async def test_two_processes_one_stream_presence_and_failover(tmp_path: Path, ds
     finally:
         a.kill()
         b.kill()
+
+
+async def user_id(http: aiohttp.ClientSession, base: str, token: str) -> str:
+    async with http.get(f"{base}/v1/me", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        uid: str = (await resp.json())["data"]["id"]
+        return uid
+
+
+async def joined(sock: Socket, room: str) -> bool:
+    """Whether the socket is still in the room (a `presence` op answers NOT_JOINED otherwise)."""
+    ref = next(_refs)
+    await sock.ws.send_json({"op": "presence", "ref": ref, "room": room, "data": {}})
+    while True:
+        msg = await asyncio.wait_for(sock.ws.receive_json(), timeout=15)
+        if msg["op"] == "reply" and msg["ref"] == ref:
+            if not msg["ok"]:
+                assert msg["error"]["code"] == "NOT_JOINED", msg
+            return bool(msg["ok"])
+
+
+async def test_control_actions_cross_processes(tmp_path: Path, dsn: str, redis_url: str) -> None:
+    """A kick on node A and an access change on node B remove sockets held by the other node."""
+    env = {"DATABASE_URL": dsn, "REDIS_URL": redis_url, "GREENROOM_DATA_DIR": str(tmp_path / "data")}
+    a = ServerProcess(env, log_path=tmp_path / "a.log")
+    b = ServerProcess(env, log_path=tmp_path / "b.log")
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        async with aiohttp.ClientSession() as http:
+            performer = await register(http, a.url, "host@example.test", "performer")
+            alice = await register(http, a.url, "alice@example.test", "viewer")
+            bob = await register(http, b.url, "bob@example.test", "viewer")
+            auth = {"Authorization": f"Bearer {performer}"}
+            async with http.post(f"{a.url}/v1/streams", json={"title": "Control"}, headers=auth) as resp:
+                assert resp.status == 201, await resp.text()
+                stream_id = (await resp.json())["data"]["id"]
+            room = f"stream:{stream_id}"
+            host_a = await connect(http, a.url, performer)
+            alice_a, bob_b = await connect(http, a.url, alice), await connect(http, b.url, bob)
+            for sock in (host_a, alice_a, bob_b):
+                await sock.op("join", room)
+
+            # The host kicks Bob over node A's socket; Bob's socket lives on node B.
+            await host_a.op("room.kick", room, user_id=await user_id(http, a.url, bob))
+            deadline = time.monotonic() + 5
+            while await joined(bob_b, room):
+                assert time.monotonic() < deadline, "the kick never reached node B"
+                await asyncio.sleep(0.05)
+            assert not bob_b.ws.closed and await bob_b.op("ping") is not None  # only the room was left
+
+            # The stream turns private through node B's REST API; Alice, on node A, is removed.
+            async with http.patch(f"{b.url}/v1/streams/{stream_id}", json={"access": "private"},
+                                  headers=auth) as resp:
+                assert resp.status == 200, await resp.text()
+            deadline = time.monotonic() + 5
+            while await joined(alice_a, room):
+                assert time.monotonic() < deadline, "the access change never reached node A"
+                await asyncio.sleep(0.05)
+            assert await joined(host_a, room)  # the host is admitted by any rule
+    finally:
+        a.kill()
+        b.kill()

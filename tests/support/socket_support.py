@@ -151,6 +151,9 @@ async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]], 
             await asyncio.sleep(0.01)
 
 
+MakeClient = Callable[..., Awaitable[TestClient]]  # the `socket_client` fixture
+
+
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> str:
     """Every socket test runs single-node (memory broker) and on Redis."""
