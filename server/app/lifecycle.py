@@ -29,6 +29,7 @@ from server.app.migrator import migrate
 from server.commerce.payments import PAYMENTS, StripeGateway
 from server.http.ratelimit import MemoryLimiter, RedisLimiter
 from server.kernel import keys
+from server.kernel.breaker import Breaker
 from server.kernel.settings import Settings
 from signaling.core import keys as socket_keys
 from signaling.core.backend import create_broker, create_presence, new_node_id
@@ -118,9 +119,11 @@ async def redis(app: web.Application) -> AsyncIterator[None]:
 
 async def limiter(app: web.Application) -> AsyncIterator[None]:
     """The rate limiter as `keys.LIMITER`: in Redis when there is one (needs `redis`), else in memory."""
-    memory = MemoryLimiter(app[keys.SETTINGS].rate_memory_max_keys)
+    settings = app[keys.SETTINGS]
+    memory = MemoryLimiter(settings.rate_memory_max_keys)
     client = keys.redis_of(app)
-    app[keys.LIMITER] = RedisLimiter(client, memory) if client is not None else memory
+    breaker = Breaker("redis rate limiter", settings.redis_retry_s)
+    app[keys.LIMITER] = RedisLimiter(client, memory, breaker) if client is not None else memory
     yield
     await app[keys.LIMITER].close()
 

@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.kernel.breaker import Breaker
 from server.kernel.limits import Budget, Decision
 
 log = logging.getLogger("greenroom.ratelimit")
@@ -98,29 +99,26 @@ class RedisLimiter:
     budgets on its own.
     """
 
-    def __init__(self, redis: Redis, fallback: MemoryLimiter,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, redis: Redis, fallback: MemoryLimiter, breaker: Breaker | None = None) -> None:
         self._script: Any = redis.register_script(GCRA_LUA)
         self._fallback = fallback
-        self._clock = clock
-        self._redis_down_until = 0.0
+        self._breaker = breaker or Breaker("redis rate limiter", REDIS_RETRY_AFTER_S)
 
     @property
     def degraded(self) -> bool:
-        return self._clock() < self._redis_down_until
+        return self._breaker.open
 
     async def hit(self, key: str, budget: Budget, cost: int = 1) -> Decision:
-        if self.degraded:
+        if self._breaker.open:
             return await self._fallback.hit(key, budget, cost)
         window_us = int(budget.window_s * 1_000_000)
         try:
             allowed, remaining, reset_us, retry_us = await self._script(
                 keys=[KEY_PREFIX + key], args=[budget.limit, window_us, cost])
         except (RedisError, OSError) as exc:
-            self._redis_down_until = self._clock() + REDIS_RETRY_AFTER_S
-            log.warning("redis rate limiter unavailable; limiting per process",
-                        extra={"error": f"{type(exc).__name__}: {exc}", "retry_after_s": REDIS_RETRY_AFTER_S})
+            self._breaker.failed(exc)
             return await self._fallback.hit(key, budget, cost)
+        self._breaker.succeeded()
         return Decision(bool(allowed), budget.limit, int(remaining), int(reset_us) / US, int(retry_us) / US)
 
     async def close(self) -> None:

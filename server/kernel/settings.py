@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(15000, ge=100, description="PostgreSQL statement_timeout.")
     redis_timeout_s: float = Field(1.0, gt=0, le=30,
                                    description="Bound on connecting to Redis and on one Redis command.")
+    redis_retry_s: float = Field(2.0, gt=0, le=60,
+                                 description="After a Redis call fails, skip Redis this long before trying again: "
+                                             "rate limits count per process, presence answers for this node, "
+                                             "room publishes answer 503 or wait in the retry queue.")
     redis_pool_max: int = Field(64, ge=2, le=10000, description="Most Redis connections per worker.")
     health_timeout_s: float = Field(2.0, gt=0, le=30, description="Bound on each dependency check of /health.")
 
@@ -201,6 +205,9 @@ class Settings(BaseSettings):
         "Live events held per joining socket while its history is read; beyond it the socket is closed as slow."))
     ws_close_timeout_s: float = Field(2.0, gt=0, le=60, description=(
         "How long a closing socket may take to send its close frame before its buffer is dropped."))
+    hub_unsent_max: int = Field(10_000, ge=1, description="Room events of committed changes (stream updates, "
+                                "bans, mutes) held for a retry while the broker is unreachable; beyond it the oldest "
+                                "are dropped (clients refetch state on their next join).")
     hub_gap_buffer_max: int = Field(1000, ge=1, description=(
         "Live events a room holds on a node while a gap in pub/sub delivery is filled from history."))
     ws_ops_per_10s: int = Field(200, ge=1, description=(

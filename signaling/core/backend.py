@@ -38,7 +38,7 @@ def create_broker(settings: Settings, redis: Redis | None, *, node_id: str | Non
                        subscribe_timeout_s=settings.broker_subscribe_timeout_s,
                        reconnect_max_s=settings.broker_reconnect_max_s,
                        ping_interval_s=settings.broker_ping_interval_s,
-                       pool_max=settings.redis_pool_max)
+                       pool_max=settings.redis_pool_max, retry_s=settings.redis_retry_s)
 
 
 def create_presence(settings: Settings, redis: Redis | None, *, node_id: str | None = None) -> Presence:
@@ -48,4 +48,4 @@ def create_presence(settings: Settings, redis: Redis | None, *, node_id: str | N
     return RedisPresence(target, node_id or new_node_id(), settings.presence_ttl_s,
                          refresh_batch=settings.presence_refresh_batch,
                          purge_batch=settings.presence_purge_batch,
-                         pool_max=settings.redis_pool_max)
+                         pool_max=settings.redis_pool_max, retry_s=settings.redis_retry_s)

@@ -25,6 +25,10 @@ Contract
   never a duplicate. `since=None` returns the current position only.
 - Volatile publications (`publish_volatile`) have no offset and no history: for state that the
   next message supersedes (viewer counts). They may be dropped.
+- When the broker cannot be reached, `publish`, `publish_volatile`, `history`, `position` and
+  `subscribe` raise `BrokerUnavailable` (at once while a recent failure is fresh: they do not wait
+  on a dead server again). A publish that timed out may still have been applied: publish again
+  with the same idempotency key to be sure it happened once.
 - The handler given to `start` is called on the node's event loop for every publication on a
   channel this node subscribed to, in offset order per channel. It must not block.
 """
@@ -36,6 +40,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 IDEMPOTENT_TTL_S = 300.0
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker cannot be reached now; nothing is known to have been published."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ Contract:
   each way); relative to room events they keep the order they were sent in on Redis, so a kick's
   `member.kicked` event (published first) reaches the room before its removal.
 - A malformed action is logged and dropped; applying an action never raises into the broker.
+- While the broker cannot be reached, `send` applies the action to this node only (logged): the
+  node keeps serving what it can, and durable state covers the other nodes.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from signaling.core.broker import Broker, Publication
+from signaling.core.broker import Broker, BrokerUnavailable, Publication
 from signaling.core.hub import Hub
 
 log = logging.getLogger("greenroom.control")
@@ -134,7 +136,13 @@ class Control:
         self._hub.listen(CONTROL_CHANNEL, None)
 
     async def send(self, action: Action) -> None:
-        await self._broker.publish_volatile(CONTROL_CHANNEL, encode(action))
+        payload = encode(action)
+        try:
+            await self._broker.publish_volatile(CONTROL_CHANNEL, payload)
+        except BrokerUnavailable:
+            log.warning("broker unavailable: control action applied on this node only",
+                        extra={"action": type(action).__name__})
+            self._received(Publication(0, payload))
 
     async def remove(self, user_id: uuid.UUID, room: str) -> None:
         await self.send(RemoveMember(user_id, room))

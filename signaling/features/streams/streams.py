@@ -184,10 +184,10 @@ async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.U
                 access_changed = await rooms.set_access(conn, room_of(stream_id), changes["access"])
         row = await _load(app, stream_id, actor)
         hub = app[socket_keys.HUB]
-        await hub.publish(room_of(stream_id), "stream.updated", _public_meta(row))
+        await hub.publish_eventually(room_of(stream_id), "stream.updated", _public_meta(row))
         if access_changed:
             # Members learn the new rule; every node then removes those of its members it no longer admits.
-            await hub.publish(room_of(stream_id), "room.access", {"access": row["access"]})
+            await hub.publish_eventually(room_of(stream_id), "room.access", {"access": row["access"]})
             await app[socket_keys.CONTROL].recheck_access(room_of(stream_id))
     return await _shape(app, row)
 
@@ -211,7 +211,7 @@ async def start_stream(app: web.Application, actor: Identity, stream_id: uuid.UU
     if started is None:
         raise ApiError(ErrorCode.CONFLICT, f"stream is {row['status']}, only a created stream can start",
                        details={"status": row["status"]})
-    await app[socket_keys.HUB].publish(
+    await app[socket_keys.HUB].publish_eventually(
         room_of(stream_id), "stream.started",
         {"stream_id": str(stream_id), "title": row["title"], "started_at": started["started_at"].isoformat()},
         idempotency_key=f"stream.started:{stream_id}")
@@ -234,7 +234,7 @@ async def end_stream(app: web.Application, actor: Identity, stream_id: uuid.UUID
         if already_ended_ok:
             return await get_stream(app, stream_id, actor)
         raise ApiError(ErrorCode.CONFLICT, "stream has already ended", details={"status": "ended"})
-    await app[socket_keys.HUB].publish(
+    await app[socket_keys.HUB].publish_eventually(
         room_of(stream_id), "stream.ended",
         {"stream_id": str(stream_id), "ended_at": ended["ended_at"].isoformat(),
          "total_tokens_received": ended["total_tokens_received"]},

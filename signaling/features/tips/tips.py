@@ -135,8 +135,11 @@ async def _announce(app: web.Application, tip: StreamTip, from_name: str) -> dic
                  "from": {"user_id": str(tip.from_user_id), "display_name": from_name},
                  "amount": tip.amount, "message": tip.message, "stream_total": recorded.stream_total,
                  "top_tippers": recorded.top_tippers}
-        out["offset"] = await app[socket_keys.HUB].publish(streams.room_of(tip.stream_id), "tip.received", event,
-                                                       idempotency_key=f"tip:{tip.tip_id}")
+        try:
+            out["offset"] = await app[socket_keys.HUB].publish(streams.room_of(tip.stream_id), "tip.received",
+                                                               event, idempotency_key=f"tip:{tip.tip_id}")
+        except ApiError as exc:  # the broker is unreachable: a retry with the same id broadcasts it
+            raise _applied_but(exc) from None
         recorder.broadcast_done(tip.tip_id)
     return out
 
