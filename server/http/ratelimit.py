@@ -10,14 +10,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from server.kernel.limits import Budget, Decision
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 log = logging.getLogger("greenroom.ratelimit")
 
