@@ -18,14 +18,14 @@ run: $(STAMP)
 	$(BIN)/greenroom demo
 	$(BIN)/greenroom serve
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+test: lint
 	$(BIN)/pytest -q
 
+# Style and types, then the architecture contracts of pyproject.toml ([tool.importlinter]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -20,6 +20,7 @@ import gc
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -305,8 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop  # what `greenroom serve` runs on
     admin = os.environ.get("DATABASE_URL", "")
     embedded = None
+    data_dir = None
     if not admin:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="greenroom-bench-")))
+        data_dir = Path(tempfile.mkdtemp(prefix="greenroom-bench-"))
+        embedded = EmbeddedPostgres(data_dir)
         admin = embedded.start()
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -318,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import time
 
 import psutil
 
-from fanout.load import start_run, start_workers, stop_workers
-from fanout.targets import TARGETS, run_server
+from benchmarks.fanout.load import start_run, start_workers, stop_workers
+from benchmarks.fanout.targets import TARGETS, run_server
 
 TARGET_KB = 20.0
 

@@ -42,8 +42,8 @@ from typing import Any
 import psutil
 import uvloop
 
-from fanout.latency import BUCKETS, SCALE, Histogram
-from fanout.targets import MARK, TARGETS, Publisher, RoomInfo, Subscription, run_server
+from benchmarks.fanout.latency import BUCKETS, SCALE, Histogram
+from benchmarks.fanout.targets import MARK, TARGETS, Publisher, RoomInfo, Subscription, run_server
 
 # Deliveries per second the publisher aims at, step by step (messages/s = deliveries / N).
 LADDER = (1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 25_000, 30_000, 35_000, 40_000, 50_000,
@@ -434,10 +434,14 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="server on the first CPU, clients on the others (default: the OS places them)")
     parser.add_argument("--quick", action="store_true", help="N=100,1000, four rates, 1.5 s steps")
+    parser.add_argument("--ladder", help="comma-separated deliveries/s to climb (default: the full ladder, or "
+                        "the quick one with --quick)")
     ns = parser.parse_args()
     targets = [t.strip() for t in ns.targets.split(",") if t.strip()]
     sizes = tuple(int(x) for x in ns.sizes.split(",")) if ns.sizes else (QUICK_SIZES if ns.quick else SIZES)
-    ladder = QUICK_LADDER if ns.quick else LADDER
+    ladder: tuple[int, ...] = QUICK_LADDER if ns.quick else LADDER
+    if ns.ladder:
+        ladder = tuple(sorted(int(x) for x in ns.ladder.split(",")))
     if ns.quick:
         ns.step_s = min(ns.step_s, 1.5)
     cpus = sorted(os.sched_getaffinity(0))

@@ -28,8 +28,8 @@ from typing import Any
 
 import uvloop
 
-from fanout.load import CONNECT_CONCURRENCY, Worker, publish_for, start_run, stop_workers
-from fanout.targets import Publisher, RoomInfo, Subscription, run_server
+from benchmarks.fanout.load import CONNECT_CONCURRENCY, Worker, publish_for, start_run, stop_workers
+from benchmarks.fanout.targets import Publisher, RoomInfo, Subscription, run_server
 
 DRAIN_MAX_S = 30.0
 

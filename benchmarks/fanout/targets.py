@@ -31,8 +31,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from fanout import wire
-from fanout.latency import Histogram
+from benchmarks.fanout import wire
+from benchmarks.fanout.latency import Histogram
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
