@@ -3,7 +3,7 @@
 Knows nothing of rooms or HTTP. Modelled on TigerBeetle (accounts with four counters, immutable
 transfers with client-chosen ids, per-transfer result codes, linked chains, two-phase holds).
 
-Writing (only through the engine; one per process, `app[keys.LEDGER]` in the server)::
+Writing (only through the engine; one per process, `app[money.LEDGER]` in the server)::
 
     engine = Engine(dsn, batch_max=..., batch_wait_ms=..., queue_max=...)
     await engine.start()

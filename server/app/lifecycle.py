@@ -26,7 +26,8 @@ from server.accounts.sessions import purge_expired
 from server.accounts.tokens import TokenService
 from server.app.db import create_pool
 from server.app.migrator import migrate
-from server.commerce.payments import PAYMENTS, StripeGateway
+from server.commerce import keys as money
+from server.commerce.payments import StripeGateway
 from server.http.ratelimit import MemoryLimiter, RedisLimiter
 from server.kernel import keys
 from server.kernel.breaker import Breaker
@@ -137,7 +138,7 @@ def make_engine(settings: Settings, dsn: str) -> Engine:
 
 
 def ledger(dsn: str) -> Ctx:
-    """The batching engine (own connection) as `keys.LEDGER` and the hold sweeper (needs `database`)."""
+    """The batching engine (own connection) as `money.LEDGER` and the hold sweeper (needs `database`)."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings = app[keys.SETTINGS]
@@ -146,7 +147,7 @@ def ledger(dsn: str) -> Ctx:
         sweeper = Sweeper(engine, app[keys.DB], interval_s=settings.ledger_sweep_interval_s,
                           batch_max=settings.ledger_sweep_batch_max)
         sweeper.start()
-        app[keys.LEDGER] = engine
+        app[money.LEDGER] = engine
         yield
         # Requests have drained by now; the engine applies what is still queued, bounded.
         await sweeper.close()
@@ -162,13 +163,13 @@ async def wallet(app: web.Application) -> AsyncIterator[None]:
     """
     settings = app[keys.SETTINGS]
     pool = app[keys.DB]
-    app[keys.ACCOUNTS] = AccountDirectory(pool, settings.ledger_account_cache_max)
+    app[money.ACCOUNTS] = AccountDirectory(pool, settings.ledger_account_cache_max)
     recorder = TipRecorder(pool, batch_max=settings.tip_record_batch_max, wait_ms=settings.tip_record_wait_ms,
                            queue_max=settings.tip_record_queue_max, top_n=settings.tip_top_tippers)
     recorder.start()
     app[TIPS] = recorder
     gateway = StripeGateway(settings)
-    app[PAYMENTS] = gateway
+    app[money.PAYMENTS] = gateway
     try:
         yield
     finally:

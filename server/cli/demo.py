@@ -18,6 +18,7 @@ from ledger.model import Result
 from server.accounts.users import create_user
 from server.app.factory import create_app
 from server.cli.command import command, run_async
+from server.commerce import keys as money
 from server.kernel import keys
 from server.kernel.identity import Identity, Role
 from server.kernel.settings import Settings
@@ -77,7 +78,7 @@ async def seed(app: web.Application) -> dict[str, object]:
     show_room = await rooms.create_show_room(db, performer.user_id, show_id, access="ticket")
     await rooms.grant(db, show_room, ids[USERS[2].email], "ticket")
 
-    engine = app[keys.LEDGER]
+    engine = app[money.LEDGER]
     for user in USERS[2:]:
         result = await grant_tokens(engine, db, ids[user.email], GRANT_TOKENS, "demo wallet",
                                     uuid.uuid5(NAMESPACE, f"grant:{user.email}"))

@@ -30,6 +30,7 @@ import stripe
 from aiohttp import web
 
 from ledger.flows import purchases
+from server.commerce import keys as money
 from server.commerce.ledger_errors import ledger_call
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
@@ -100,8 +101,6 @@ class StripeGateway:
 
 
 
-PAYMENTS = web.AppKey("payments", StripeGateway)  # the Stripe client of this worker
-
 def _base_url(settings: Settings) -> str:
     return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
 
@@ -116,7 +115,7 @@ async def start_purchase(app: web.Application, buyer: Identity, pack_tokens: int
                        details={"field": "pack_tokens", "packs": sorted(packs)})
     base = _base_url(settings)
     key = f"buy:{buyer.user_id}:{idempotency_key}" if idempotency_key else None
-    checkout = await app[PAYMENTS].create_checkout(
+    checkout = await app[money.PAYMENTS].create_checkout(
         user_id=buyer.user_id, tokens=pack_tokens, price=packs[pack_tokens], currency=settings.currency,
         success_url=f"{base}/?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
         cancel_url=f"{base}/?checkout=cancelled", idempotency_key=key)
@@ -159,7 +158,7 @@ async def handle_webhook(app: web.Application, payload: bytes, signature: str | 
 
 async def _apply(app: web.Application, event_id: str, kind: str, obj: dict[str, Any]) -> str:
     settings = app[keys.SETTINGS]
-    engine, directory, pool = app[keys.LEDGER], app[keys.ACCOUNTS], app[keys.DB]
+    engine, directory, pool = app[money.LEDGER], app[money.ACCOUNTS], app[keys.DB]
     if kind.startswith("checkout.session."):
         order = _order(obj)
         if order is None:

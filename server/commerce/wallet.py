@@ -21,6 +21,7 @@ from ledger.flows import debts
 from ledger.flows.grants import adjust_tokens
 from ledger.flows.payouts import Payout, Status, get_payout, list_payouts, request_payout, resolve_payout
 from ledger.history import Movement, movements
+from server.commerce import keys as money
 from server.commerce.ledger_errors import ledger_call, ledger_error, require_applied
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
@@ -124,7 +125,7 @@ async def request_user_payout(app: web.Application, user: Identity, amount: int,
         raise ApiError(ErrorCode.WALLET_RESTRICTED, "your account owes tokens from a reversed purchase",
                        details={"owed_tokens": owed})
     with ledger_call():
-        requested = await request_payout(app[keys.LEDGER], app[keys.ACCOUNTS], app[keys.DB],
+        requested = await request_payout(app[money.LEDGER], app[money.ACCOUNTS], app[keys.DB],
                                          payout_id=payout_id, user_id=user.user_id, amount=amount,
                                          timeout_s=settings.payout_hold_timeout_s)
     require_applied(requested.result)
@@ -143,7 +144,7 @@ async def decide_payout(app: web.Application, admin: Identity, payout_id: uuid.U
         raise ApiError(ErrorCode.CONFLICT, f"this payout request is already {current.status}",
                        details={"status": current.status})
     with ledger_call():
-        result, payout = await resolve_payout(app[keys.LEDGER], db, payout_id, approve=approve,
+        result, payout = await resolve_payout(app[money.LEDGER], db, payout_id, approve=approve,
                                               actor=admin.user_id, note=note)
     if result is not Result.OK and result is not Result.EXISTS:
         error = ledger_error(result)
@@ -180,7 +181,7 @@ async def adjust(app: web.Application, admin: Identity, *, user_id: uuid.UUID, a
     if await db.fetchval("SELECT true FROM users WHERE id = $1", user_id) is None:
         raise not_found("user")
     with ledger_call():
-        result = await adjust_tokens(app[keys.LEDGER], db, user_id, amount, reason, adjustment_id)
+        result = await adjust_tokens(app[money.LEDGER], db, user_id, amount, reason, adjustment_id)
     require_applied(result)
     await audit_log.record(db, id=adjustment_id, actor_id=admin.user_id, action="wallet.adjust",
                            target_user_id=user_id, details={"amount": amount, "reason": reason})

@@ -2,7 +2,8 @@
 
 Each package owns the keys of the services it defines: the socket core's hub, broker and presence
 are in `signaling.core.keys`, the stream tip recorder beside it (`signaling.features.tips.recorder`),
-the Stripe gateway in `server.commerce.payments`. These are the ones every layer may read.
+the ledger engine, account directory and Stripe gateway in `server.commerce.keys`. These are the
+ones every layer may read.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from ledger import Engine
-from ledger.directory import AccountDirectory
 from server.kernel.identity import Authenticator
 from server.kernel.limits import Limiter
 from server.kernel.metrics import Metrics
@@ -27,8 +26,6 @@ AUTH = web.AppKey("authenticator", Authenticator)
 LIMITER = web.AppKey("limiter", Limiter)
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", Metrics)
-LEDGER = web.AppKey("ledger", Engine)  # the batching engine: `await app[LEDGER].submit(transfers)`
-ACCOUNTS = web.AppKey("accounts", AccountDirectory)  # ledger account ids by (kind, owner), cached
 # Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
 BACKGROUND = web.AppKey("background", list)
 

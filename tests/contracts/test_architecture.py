@@ -51,12 +51,6 @@ INJECTIONS: dict[str, tuple[str, str, str, str]] = {
                         "server.accounts.users", "server.commerce.wallet"),
 }
 
-# signaling.core still imports signaling.features.rooms here; the change that removes these lands
-# on another branch. Only these edges may break the socket-core contract meanwhile.
-KNOWN_SOCKET_CORE_EDGES = {
-    ("signaling.core.core_ops", "signaling.features.rooms.access"),
-    ("signaling.core.endpoint", "signaling.features.rooms.access"),
-}
 EDGE = re.compile(r"^\s*-?\s*([\w.]+) -> ([\w.]+) \(l\.[\d, ]+\)", re.MULTILINE)
 
 
@@ -143,15 +137,7 @@ def test_the_tree_keeps_every_contract_but_the_socket_core() -> None:
 
 def test_the_tree_keeps_every_contract() -> None:
     result = lint_imports(ROOT)
-    report = result.stdout + result.stderr
-    if result.returncode != 0:
-        broken = edges(report)
-        assert broken, report
-        assert f"{flat(name('socket-core'))} BROKEN" in flat(report), report
-        if broken <= KNOWN_SOCKET_CORE_EDGES:
-            pytest.skip("signaling.core still imports signaling.features.rooms (core_ops.py, endpoint.py); "
-                        "being removed on another branch, then this must pass")
-    assert result.returncode == 0, report
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_ledger_core_contract_lists_every_module_outside_flows() -> None:

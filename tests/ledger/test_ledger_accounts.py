@@ -28,6 +28,7 @@ from ledger import (
     create_accounts,
     lookup_accounts,
 )
+from server.commerce import keys as money
 from server.kernel import keys
 from tests.support.ledger_support import (
     CLEARING,
@@ -261,7 +262,7 @@ async def test_greenroom_audit_exits_nonzero_with_offending_ids(dsn: str, db: as
 
 
 async def test_app_runs_one_engine_and_sweeper(client: TestClient, db: asyncpg.Connection) -> None:
-    engine = client.app[keys.LEDGER]
+    engine = client.app[money.LEDGER]
     a, b = await wallets(db, 2)
     outcomes = await engine.submit([move(CLEARING, a, 50, Code.PURCHASE), move(a, b, 20)])
     assert [o.result for o in outcomes] == [Result.OK, Result.OK]

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result
 from ledger.flows.payouts import request_payout
+from server.commerce import keys as money
 from server.kernel import keys
 from tests.support.factories import TestUser, make_user
 from tests.support.wallet_support import available, fund
@@ -140,7 +141,7 @@ async def test_payout_listing_and_decisions_are_guarded(client: TestClient, peop
 async def test_expired_payout_cannot_be_approved(client: TestClient, people: dict[str, TestUser]) -> None:
     app, performer, admin = client.app, people["performer"], people["admin"]
     await _earn(client, performer, 1000)
-    requested = await request_payout(app[keys.LEDGER], app[keys.ACCOUNTS], app[keys.DB],
+    requested = await request_payout(app[money.LEDGER], app[money.ACCOUNTS], app[keys.DB],
                                      payout_id=uuid.uuid4(), user_id=performer.id, amount=1000, timeout_s=1)
     assert requested.result is Result.OK and requested.payout is not None
     await asyncio.sleep(1.2)
@@ -219,7 +220,7 @@ async def test_audit_route_reports_violations_with_ids(client: TestClient, peopl
     await fund(app, viewer.id, 100)
     report = (await (await client.get("/v1/admin/ledger/audit", headers=admin.headers)).json())["data"]
     assert report["ok"] is True and all(c["ok"] for c in report["checks"])
-    wallet = await app[keys.ACCOUNTS].id(AccountKind.WALLET, viewer.id)
+    wallet = await app[money.ACCOUNTS].id(AccountKind.WALLET, viewer.id)
     # Corrupt a counter behind the engine's back: the audit must name the account.
     await app[keys.DB].execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 1 WHERE id = $1",
                                   wallet)

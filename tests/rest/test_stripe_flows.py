@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ledger import AccountKind, Code, Result, Transfer, TransferFlags
 from ledger.flows import debts, purchases
+from server.commerce import keys as money
 from server.kernel import keys
 from server.kernel.settings import Settings
 from tests.support.factories import TestUser, make_user
@@ -327,8 +328,8 @@ async def test_reversal_repaired_after_a_crash_between_ledger_and_records(stripe
     sid, pi = await _paid(client, user, 500)
     assert (await client.post("/v1/wallet/transfer", json={"to_user_id": str(performer.id), "amount": 300},
                               headers=user.headers)).status == 201
-    wallet = await app[keys.ACCOUNTS].id(AccountKind.WALLET, user.id)
-    [outcome] = await app[keys.LEDGER].submit([Transfer(
+    wallet = await app[money.ACCOUNTS].id(AccountKind.WALLET, user.id)
+    [outcome] = await app[money.LEDGER].submit([Transfer(
         purchases.reversal_id(sid, 500), wallet, purchases.CLEARING, 200, Code.REVERSAL,
         metadata={"kind": "refund_clawback", "stripe_session": sid})])
     assert outcome.result is Result.OK
@@ -347,9 +348,9 @@ async def test_credit_repaired_after_a_crash_between_ledger_and_records(stripe_c
     sid = session["session_id"]
     async with app[keys.DB].acquire() as conn, conn.transaction():
         await debts.change(conn, user.id, 400)
-    wallet = await app[keys.ACCOUNTS].id(AccountKind.WALLET, user.id)
+    wallet = await app[money.ACCOUNTS].id(AccountKind.WALLET, user.id)
     # As the crashed attempt submitted them: credit and settlement, one linked chain.
-    outcomes = await app[keys.LEDGER].submit([
+    outcomes = await app[money.LEDGER].submit([
         Transfer(purchases.credit_id(sid), purchases.CLEARING, wallet, 1000, Code.PURCHASE, TransferFlags.LINKED,
                  metadata={"stripe_session": sid}),
         Transfer(purchases.settle_id(sid), wallet, purchases.CLEARING, 400, Code.REVERSAL,

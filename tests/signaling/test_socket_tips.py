@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result
 from ledger.flows.tips import transfer_tip
+from server.commerce import keys as money
 from server.kernel import keys
 from tests.support.factories import TestUser, make_user
 from tests.support.rooms_support import new_stream, room_of
@@ -99,7 +100,7 @@ async def test_publish_after_a_crash_between_ledger_commit_and_broadcast(socket_
     stream = await _live(client, host)
     room = room_of(stream)
     tip_id = uuid.uuid4()
-    outcome = await transfer_tip(app[keys.LEDGER], app[keys.ACCOUNTS], tip_id=tip_id, sender=fan.id,
+    outcome = await transfer_tip(app[money.LEDGER], app[money.ACCOUNTS], tip_id=tip_id, sender=fan.id,
                                  recipient=host.id, amount=50, fee_bps=app[keys.SETTINGS].tip_fee_bps,
                                  metadata={"message": "hi", "stream": stream["id"]})
     assert outcome.result is Result.OK

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import AccountKind, Result, accounts_of
 from ledger.flows.grants import grant_tokens
+from server.commerce import keys as money
 from server.kernel import keys
 
 STRIPE_KEY = "sk_test_greenroom"
@@ -25,7 +26,7 @@ _serial = itertools.count(1)
 
 
 async def fund(app: web.Application, user_id: uuid.UUID, amount: int) -> None:
-    result = await grant_tokens(app[keys.LEDGER], app[keys.DB], user_id, amount, "test funds", uuid.uuid4())
+    result = await grant_tokens(app[money.LEDGER], app[keys.DB], user_id, amount, "test funds", uuid.uuid4())
     assert result is Result.OK, result
 
 

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from ledger import Result
 from ledger.flows.tips import transfer_tip
+from server.commerce import keys as money
 from server.commerce.ledger_errors import ledger_call, ledger_error
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
@@ -108,7 +109,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     if stream_id is not None:
         meta["stream"] = str(stream_id)
     with ledger_call():
-        outcome = await transfer_tip(app[keys.LEDGER], app[keys.ACCOUNTS], tip_id=tip_id, sender=sender.user_id,
+        outcome = await transfer_tip(app[money.LEDGER], app[money.ACCOUNTS], tip_id=tip_id, sender=sender.user_id,
                                      recipient=to_user_id, amount=amount, fee_bps=settings.tip_fee_bps, metadata=meta)
     if not outcome.applied:
         raise ledger_error(outcome.result)
