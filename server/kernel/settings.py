@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     auth_revocations_max: int = Field(100_000, ge=1,
                                       description="Most users whose older access tokens are held as revoked "
                                                   "(after a role or status change).")
+    refresh_reuse_grace_s: float = Field(5.0, ge=0, le=60,
+                                         description="A refresh token spent this recently gets the same new pair "
+                                                     "again (two tabs refreshing at once); past it, presenting it "
+                                                     "revokes the session as a stolen copy. 0: no grace.")
     sessions_per_user_max: int = Field(50, ge=1, description="Refresh-token families (logins) kept per user.")
     sessions_purge_batch: int = Field(1000, ge=1, description="Expired refresh tokens deleted per cleanup pass.")
     password_min_chars: int = Field(10, ge=8, le=256, description="Shortest password accepted.")
