@@ -117,6 +117,10 @@ class Settings(BaseSettings):
                                                    "an id inserted concurrently by another process).")
     ledger_metadata_max_bytes: int = Field(2048, ge=64, le=65536, description="Largest metadata JSON of a transfer.")
     tip_fee_bps: int = Field(2000, ge=0, le=10000, description="Platform fee on tips, basis points.")
+    tip_audit_settle_s: float = Field(60.0, ge=0, le=86400,
+                                      description="The audit expects a ledger tip's stream record once the tip is "
+                                                  "this old (the record follows the ledger commit at once, or with "
+                                                  "the client's retry); older unrecorded tips are reported.")
     tip_max_tokens: int = Field(1_000_000, ge=1, description="Largest single tip.")
     payout_min_tokens: int = Field(1000, ge=1, description="Smallest payout request.")
     token_packs: str = Field("100:199,500:899,1000:1599,5000:6999",
