@@ -8,6 +8,7 @@ from aiohttp import web
 
 from rest import ROUTERS
 from rest.framework.router import mount
+from rest.platform.health import DEPENDENCIES, DependencyCheck
 from server.app import lifecycle
 from server.http.access_log import access_middleware
 from server.http.error_middleware import error_middleware
@@ -27,6 +28,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[keys.STARTED_AT] = time.time()
     app[keys.BACKGROUND] = []
     app[keys.METRICS] = Metrics(lambda: app.get(keys.DB))
+    app[DEPENDENCIES] = DependencyCheck()
     app.cleanup_ctx.extend(lifecycle.contexts(dsn))
     setup_socket(app)  # after the contexts: the hub starts once Redis is up and stops before it goes
     mount(app, ROUTERS)

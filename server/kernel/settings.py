@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.kernel.addresses import networks
+
 
 def default_data_dir() -> Path:
     """Per-user data directory (XDG on Linux)."""
@@ -54,6 +56,19 @@ class Settings(BaseSettings):
                                    description="Bound on connecting to Redis and on one Redis command.")
     redis_pool_max: int = Field(64, ge=2, le=10000, description="Most Redis connections per worker.")
     health_timeout_s: float = Field(2.0, gt=0, le=30, description="Bound on each dependency check of /health.")
+    health_cache_s: float = Field(1.0, ge=0, le=60,
+                                  description="/health reuses its last dependency check this long, so anonymous "
+                                              "probes cost one PostgreSQL query and one Redis ping per period "
+                                              "(concurrent calls share one check; 0: check on every call).")
+    metrics_token: str = Field("", description="Bearer token that opens /metrics and /v1/status from any address "
+                                               "(empty: only the addresses of GREENROOM_METRICS_ALLOW).")
+    metrics_allow: str = Field("127.0.0.0/8,::1",
+                               description="Addresses or networks, comma-separated, that read /metrics and "
+                                           "/v1/status (pid, pool figures, per-route counts) without the token; "
+                                           "anyone else gets 403. Default: loopback only, for a scraper on the "
+                                           "host. Behind a proxy on the same host every request comes from "
+                                           "loopback: set GREENROOM_TRUST_FORWARDED_FOR, or empty this and use "
+                                           "the token.")
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
@@ -211,6 +226,12 @@ class Settings(BaseSettings):
         "Live events a room holds on a node while a gap in pub/sub delivery is filled from history."))
     ws_ops_per_10s: int = Field(200, ge=1, description=(
         "Frames one socket may send per 10 s; beyond it they get RATE_LIMIT_EXCEEDED replies."))
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        networks(v)  # raises ValueError naming the bad entry
+        return v
 
     @field_validator("data_dir", mode="before")
     @classmethod
