@@ -72,6 +72,19 @@ class Settings(BaseSettings):
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
+    http_header_timeout_s: float = Field(30.0, ge=0.1, le=3600,
+                                         description="A connection must send a whole request head (line and "
+                                                     "headers) within this long of opening or of its previous "
+                                                     "answer, else it is closed; idle keep-alive connections close "
+                                                     "then too. Behind a proxy that keeps upstream connections, set "
+                                                     "it above the proxy's upstream keep-alive (nginx: 60 s).")
+    http_body_timeout_s: float = Field(30.0, ge=0.1, le=3600,
+                                       description="A request body must arrive whole within this long of its head, "
+                                                   "else 408 REQUEST_TIMEOUT and the connection closes.")
+    http_linger_s: float = Field(2.0, ge=0, le=60,
+                                 description="After answering a request whose body was not read whole (408, 413), "
+                                             "the rest is read and dropped at most this long before closing, so the "
+                                             "client sees the answer.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (empty: same origin).")
     access_log: bool = Field(True, description="Log one JSON line per HTTP request.")
 
