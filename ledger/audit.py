@@ -27,6 +27,16 @@ class Check:
     def ok(self) -> bool:
         return self.offending_count == 0
 
+    def format(self) -> list[str]:
+        """One line when it holds; two (with the offending ids) when it fails."""
+        detail = f" ({self.detail})" if self.detail else ""
+        if self.ok:
+            return [f"  ok    {self.name}: {self.description}{detail}"]
+        hidden = self.offending_count - len(self.offending)
+        more = f" (and {hidden} more)" if hidden else ""
+        return [f"  FAIL  {self.name}: {self.description}{detail}",
+                f"        offending: {', '.join(self.offending)}{more}"]
+
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
@@ -43,13 +53,7 @@ class AuditReport:
         lines = [f"ledger audit: {self.accounts} accounts, {self.transfers} transfers, "
                  f"{self.holds_pending} pending holds"]
         for c in self.checks:
-            if c.ok:
-                lines.append(f"  ok    {c.name}: {c.description}{f' ({c.detail})' if c.detail else ''}")
-            else:
-                hidden = c.offending_count - len(c.offending)
-                more = f" (and {hidden} more)" if hidden else ""
-                lines.append(f"  FAIL  {c.name}: {c.description}{f' ({c.detail})' if c.detail else ''}")
-                lines.append(f"        offending: {', '.join(c.offending)}{more}")
+            lines.extend(c.format())
         lines.append("ledger audit: " + ("clean" if self.ok else "INVARIANTS VIOLATED"))
         return "\n".join(lines)
 
@@ -133,7 +137,12 @@ async def _audit(conn: asyncpg.Connection) -> AuditReport:
                         if balanced else
                         f"posted {debits_posted} vs {credits_posted}, pending {debits_pending} vs {credits_pending}")]
         for name, description, query in _CHECKS:
-            rows = await conn.fetch(f"SELECT q.id, count(*) OVER () FROM ({query}) AS q(id) ORDER BY q.id "
-                                    f"LIMIT {OFFENDERS_MAX}")
-            checks.append(Check(name, description, [r[0] for r in rows], rows[0][1] if rows else 0))
+            checks.append(await run_check(conn, name, description, query))
     return AuditReport(checks=checks, accounts=totals[0], transfers=transfers, holds_pending=holds)
+
+
+async def run_check(conn: asyncpg.Connection, name: str, description: str, query: str, *args: object) -> Check:
+    """A check from a query returning the offending ids as text (at most OFFENDERS_MAX kept)."""
+    rows = await conn.fetch(f"SELECT q.id, count(*) OVER () FROM ({query}) AS q(id) ORDER BY q.id "
+                            f"LIMIT {OFFENDERS_MAX}", *args)
+    return Check(name, description, [r[0] for r in rows], rows[0][1] if rows else 0)

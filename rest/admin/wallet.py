@@ -68,7 +68,8 @@ async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
                                   adjustment_id=adjustment_id))
 
 
-@router.get("/v1/admin/ledger/audit", summary="Check every ledger invariant (200 with ok: false when one fails)",
+@router.get("/v1/admin/ledger/audit",
+            summary="Check the ledger invariants and the stream tip records against it (200, ok: false when one fails)",
             response=AuditOut, roles=("admin",))
 async def ledger_audit(call: Call[None]) -> web.StreamResponse:
     return ok(await wallet.audit_report(call.app))

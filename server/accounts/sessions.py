@@ -4,6 +4,13 @@ One login starts a family. Each refresh spends the presented token and issues it
 same family. Presenting a spent token again means it was copied (or a client replayed it): the
 whole family is revoked, so the thief's and the owner's tokens both stop working.
 
+Except within `refresh_reuse_grace_s` of the rotation, while the child is unspent: two tabs of one
+browser refreshing the same token at once is not theft, so the later one gets the very pair the
+first one got (no third pair, nobody logged out). The pair is kept for that on the spent token's
+row, sealed (AES-GCM) with a key derived from the spent token itself, which the database never
+holds (it keeps SHA-256 of it): a reader of the database cannot open it, and only a caller that
+presents the spent token can. The upkeep pass erases sealed pairs once their grace has passed.
+
 Every write to a family first locks its `refresh_families` row, so a rotation and a revocation of
 the same family serialize (a child can never be born into a family revoked a moment earlier).
 """
@@ -11,12 +18,16 @@ the same family serialize (a child can never be born into a family revoked a mom
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import asyncpg
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from server.accounts.tokens import TokenService
 from server.kernel.errors import ApiError, ErrorCode
@@ -39,6 +50,26 @@ class Session:
 
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def _repeat_key(token: str) -> bytes:
+    # HMAC keyed by the token, not SHA-256 of it: the stored hash must not open the seal.
+    return hmac.new(token.encode(), b"greenroom/refresh-repeat", hashlib.sha256).digest()
+
+
+def _seal(spent: str, session: Session) -> bytes:
+    nonce = secrets.token_bytes(12)
+    pair = orjson.dumps([session.refresh_token, session.access_token, session.access_expires_at])
+    return nonce + AESGCM(_repeat_key(spent)).encrypt(nonce, pair, token_hash(spent))
+
+
+def _unseal(spent: str, sealed: bytes) -> tuple[str, str, float] | None:
+    try:
+        refresh, access, expires_at = orjson.loads(
+            AESGCM(_repeat_key(spent)).decrypt(sealed[:12], sealed[12:], token_hash(spent)))
+    except (InvalidTag, ValueError, TypeError):
+        return None
+    return str(refresh), str(access), float(expires_at)
 
 
 def _invalid() -> ApiError:
@@ -95,37 +126,58 @@ async def start_session(pool: asyncpg.Pool, tokens: TokenService, user_id: uuid.
 
 async def refresh_session(pool: asyncpg.Pool, tokens: TokenService, refresh_token: str) -> Session:
     """Spend a refresh token for a new pair. A reused, revoked or expired token is INVALID_TOKEN;
-    reuse revokes the family; a disabled account is ACCOUNT_DISABLED and loses the family."""
+    reuse revokes the family (within the grace: the same pair again, see the module doc); a
+    disabled account is ACCOUNT_DISABLED and loses the family."""
     h = token_hash(refresh_token)
+    grace = tokens.settings.refresh_reuse_grace_s
     async with pool.acquire() as conn:
         family_id = await conn.fetchval("SELECT family_id FROM refresh_tokens WHERE token_hash = $1", h)
         if family_id is None:
             raise _invalid()
         failure: ApiError | None = None
+        repeat: tuple[str, str, float] | None = None
+        issued: Session | None = None
         async with conn.transaction():
             family = await conn.fetchrow(
                 "SELECT f.user_id, f.revoked_at, u.role, u.status FROM refresh_families f "
                 "JOIN users u ON u.id = f.user_id WHERE f.id = $1 FOR UPDATE OF f", family_id)
             # Read after the family lock, so a concurrent rotation's `used_at` is visible here.
             token = await conn.fetchrow(
-                "SELECT id, used_at, expires_at <= now() AS expired FROM refresh_tokens WHERE token_hash = $1", h)
+                """SELECT t.id, t.parent_id, t.used_at, t.expires_at <= now() AS expired, t.repeat_sealed,
+                          t.used_at > now() - make_interval(secs => $2) AS in_grace,
+                          EXISTS (SELECT 1 FROM refresh_tokens c WHERE c.parent_id = t.id AND c.used_at IS NULL
+                                    AND c.revoked_at IS NULL AND c.expires_at > now()) AS child_unspent
+                   FROM refresh_tokens t WHERE t.token_hash = $1""", h, grace)
             if family is None or token is None or family["revoked_at"] is not None or token["expired"]:
                 raise _invalid()
-            if token["used_at"] is not None:
+            if (token["used_at"] is not None and grace > 0 and token["in_grace"] and token["child_unspent"]
+                    and token["repeat_sealed"] is not None and family["status"] == "active"):
+                repeat = _unseal(refresh_token, token["repeat_sealed"])
+            if repeat is not None:
+                pass  # the same pair again; nothing changes
+            elif token["used_at"] is not None:
                 await _revoke(conn, [family_id], "reuse")
                 failure = _invalid()
             elif family["status"] != "active":
                 await _revoke(conn, [family_id], "disabled")
                 failure = ApiError(ErrorCode.ACCOUNT_DISABLED, f"this account is {family['status']}")
             else:
-                await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE id = $1", token["id"])
+                access, expires_at = tokens.issue_access(family["user_id"], family["role"])
                 child = await _new_token(conn, tokens.settings, family_id, token["id"])
+                issued = Session(family["user_id"], family["role"], access, expires_at, child)
+                await conn.execute("UPDATE refresh_tokens SET used_at = now(), repeat_sealed = $2 WHERE id = $1",
+                                   token["id"], _seal(refresh_token, issued) if grace > 0 else None)
+                if token["parent_id"] is not None:
+                    # This token is spent now, so its parent's pair can never be repeated again.
+                    await conn.execute("UPDATE refresh_tokens SET repeat_sealed = NULL WHERE id = $1",
+                                       token["parent_id"])
         if failure is not None:
             raise failure  # after the commit: the revocation must stick
-    user_id: uuid.UUID = family["user_id"]
-    role: Role = family["role"]
-    access, expires_at = tokens.issue_access(user_id, role)
-    return Session(user_id, role, access, expires_at, child)
+    if repeat is not None:
+        refresh, access, expires_at = repeat
+        return Session(family["user_id"], family["role"], access, expires_at, refresh)
+    assert issued is not None
+    return issued
 
 
 async def end_session(pool: asyncpg.Pool, refresh_token: str) -> bool:
@@ -149,4 +201,13 @@ async def purge_expired(db: DB, batch: int) -> int:
     status = await db.execute(
         "DELETE FROM refresh_families WHERE id IN (SELECT id FROM refresh_families WHERE expires_at < now() "
         "ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)", batch)
+    return int(status.split()[-1])
+
+
+async def forget_repeats(db: DB, grace_s: float, batch: int) -> int:
+    """Erase up to `batch` sealed pairs whose reuse grace has passed (they can no longer be repeated)."""
+    status = await db.execute(
+        "UPDATE refresh_tokens SET repeat_sealed = NULL WHERE id IN (SELECT id FROM refresh_tokens "
+        "WHERE repeat_sealed IS NOT NULL AND used_at < now() - make_interval(secs => $1) "
+        "LIMIT $2 FOR UPDATE SKIP LOCKED)", grace_s, batch)
     return int(status.split()[-1])

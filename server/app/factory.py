@@ -8,8 +8,10 @@ from aiohttp import web
 
 from rest import ROUTERS
 from rest.framework.router import mount
+from rest.platform.health import DEPENDENCIES, DependencyCheck
 from server.app import lifecycle
 from server.http.access_log import access_middleware
+from server.http.body_timeout import body_timeout_middleware
 from server.http.error_middleware import error_middleware
 from server.http.web_client import add_web_routes
 from server.kernel import keys
@@ -20,13 +22,15 @@ from signaling.core.endpoint import mount_socket
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     """Build the application for one worker; `dsn` is the resolved PostgreSQL DSN."""
-    # The access log is outermost so it records the status the error middleware settled on.
+    # The access log is outermost so it records the status the error middleware settled on; the
+    # body timeout is inside the error middleware, so its 408 leaves in the error shape.
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[access_middleware, error_middleware])
+                          middlewares=[access_middleware, error_middleware, body_timeout_middleware])
     app[keys.SETTINGS] = settings
     app[keys.STARTED_AT] = time.time()
     app[keys.BACKGROUND] = []
     app[keys.METRICS] = Metrics(lambda: app.get(keys.DB))
+    app[DEPENDENCIES] = DependencyCheck()
     app.cleanup_ctx.extend(lifecycle.contexts(dsn))
     mount_socket(app)
     mount(app, ROUTERS)

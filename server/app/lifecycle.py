@@ -22,11 +22,12 @@ from redis.exceptions import RedisError
 from ledger import Engine, Sweeper
 from ledger.directory import AccountDirectory
 from server.accounts.passwords import passwords_for
-from server.accounts.sessions import purge_expired
+from server.accounts.sessions import forget_repeats, purge_expired
 from server.accounts.tokens import TokenService
 from server.app.db import create_pool
 from server.app.migrator import migrate
 from server.commerce import keys as money
+from server.commerce import payments
 from server.commerce.payments import StripeGateway
 from server.http.ratelimit import MemoryLimiter, RedisLimiter
 from server.kernel import keys
@@ -68,6 +69,7 @@ async def _auth_upkeep(tokens: TokenService) -> None:
         try:
             await tokens.maintain()
             await purge_expired(tokens.pool, settings.sessions_purge_batch)
+            await forget_repeats(tokens.pool, settings.refresh_reuse_grace_s, settings.sessions_purge_batch)
         except Exception:  # a failed pass keeps the cached keys; the next pass retries
             log.warning("auth upkeep failed; keeping cached keys", exc_info=True)
 
@@ -76,7 +78,8 @@ async def auth(app: web.Application) -> AsyncIterator[None]:
     """The TokenService as `keys.AUTH` (needs `database`) and its upkeep.
 
     Every `key_cache_refresh_s` a worker rotates the signing key when due, reloads public keys and
-    access-token revocations, and deletes a bounded batch of expired refresh sessions.
+    access-token revocations, deletes a bounded batch of expired refresh sessions and erases the
+    sealed pairs of rotations past their reuse grace.
     """
     settings = app[keys.SETTINGS]
     # Built off the loop: it computes the dummy hash used for unknown-email logins.
@@ -169,7 +172,7 @@ async def wallet(app: web.Application) -> AsyncIterator[None]:
     recorder.start()
     app[TIPS] = recorder
     gateway = StripeGateway(settings)
-    app[money.PAYMENTS] = gateway
+    app[payments.PAYMENTS] = gateway
     try:
         yield
     finally:

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
@@ -63,6 +64,14 @@ def stop_bound_s(settings: Settings) -> float:
     return 2 * settings.shutdown_timeout_s + 5
 
 
+def handler_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp's per-connection bounds. Its keep-alive timer starts when a connection opens and
+    again after each answer, and closes the connection if no whole request head arrived by then:
+    so it bounds a slow or stalled head as well as an idle connection (`http_header_timeout_s`).
+    The body is bounded by `server.http.body_timeout`."""
+    return {"keepalive_timeout": settings.http_header_timeout_s, "lingering_time": settings.http_linger_s}
+
+
 async def serve_app(app: web.Application, settings: Settings, *, reuse_port: bool,
                     stop_on: tuple[signal.Signals, ...]) -> int:
     """Serve until one of `stop_on` arrives, then drain (bounded); 0 when the stop was clean."""
@@ -73,7 +82,7 @@ async def serve_app(app: web.Application, settings: Settings, *, reuse_port: boo
     if _stop_requested:
         stop.set()
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout_s)
+                           shutdown_timeout=settings.shutdown_timeout_s, **handler_options(settings))
     await runner.setup()
     try:
         if not stop.is_set():  # told to stop while starting: never bind, go straight to teardown

@@ -1,4 +1,5 @@
-"""Typed keys of the money services an application holds (aiohttp AppKey)."""
+"""Typed keys of the ledger services an application holds (aiohttp AppKey); the Stripe gateway's
+key is beside it in `payments.py`."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ from aiohttp import web
 
 from ledger import Engine
 from ledger.directory import AccountDirectory
-from server.commerce.payments import StripeGateway
 
 LEDGER = web.AppKey("ledger", Engine)  # the batching engine: `await app[LEDGER].submit(transfers)`
 ACCOUNTS = web.AppKey("accounts", AccountDirectory)  # ledger account ids by (kind, owner), cached
-PAYMENTS = web.AppKey("payments", StripeGateway)  # the Stripe client of this worker

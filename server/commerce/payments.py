@@ -1,7 +1,7 @@
 """Stripe: Checkout Sessions for token packs, and the webhook events that credit or reverse them.
 
 The real stripe-python client makes the calls (`STRIPE_API_BASE` points it elsewhere, e.g. at a
-local server in tests) and `stripe.Webhook.construct_event` verifies every webhook's signature;
+local server in tests) and `stripe.WebhookSignature.verify_header` verifies every webhook's signature;
 the money rules live in `ledger.flows.purchases`.
 
 Events handled (anything else is acknowledged and ignored):
@@ -12,7 +12,9 @@ Events handled (anything else is acknowledged and ignored):
 - `checkout.session.async_payment_failed` / `checkout.session.expired`: the purchase is closed.
 - `charge.refunded` (cumulative `amount_refunded`) and `charge.dispute.created` (`amount`): the
   purchase's tokens are taken back in proportion (see `ledger.flows.purchases` for the shortfall policy).
-Answers: 200 when handled or ignored; 400 on a bad signature or body; 503 when webhooks are not
+Answers: 200 when handled or ignored; 400 on a bad signature or body (including a signed one whose
+`data.object` is not an object or whose amounts are not 64-bit integers: nothing is applied); 503 when
+webhooks are not
 configured, the ledger is unavailable or reversals are backlogged (Stripe retries non-2xx).
 """
 
@@ -30,6 +32,7 @@ import stripe
 from aiohttp import web
 
 from ledger.flows import purchases
+from ledger.model import INT64_MAX
 from server.commerce import keys as money
 from server.commerce.ledger_errors import ledger_call
 from server.kernel import keys
@@ -101,6 +104,9 @@ class StripeGateway:
 
 
 
+
+PAYMENTS = web.AppKey("payments", StripeGateway)  # the Stripe client of this worker
+
 def _base_url(settings: Settings) -> str:
     return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
 
@@ -115,7 +121,7 @@ async def start_purchase(app: web.Application, buyer: Identity, pack_tokens: int
                        details={"field": "pack_tokens", "packs": sorted(packs)})
     base = _base_url(settings)
     key = f"buy:{buyer.user_id}:{idempotency_key}" if idempotency_key else None
-    checkout = await app[money.PAYMENTS].create_checkout(
+    checkout = await app[PAYMENTS].create_checkout(
         user_id=buyer.user_id, tokens=pack_tokens, price=packs[pack_tokens], currency=settings.currency,
         success_url=f"{base}/?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
         cancel_url=f"{base}/?checkout=cancelled", idempotency_key=key)
@@ -126,19 +132,43 @@ async def start_purchase(app: web.Application, buyer: Identity, pack_tokens: int
 
 
 def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
-    """The event, once its signature checks out with the webhook secret."""
+    """The event, once its signature checks out with the webhook secret and its shape is one this
+    server can read: an object whose `data.object` is an object. Anything else is a 400 before any
+    state is touched (a signed body is still outside input)."""
     if not settings.stripe_webhook_secret:
         raise ApiError(ErrorCode.UNAVAILABLE, "Stripe webhooks are not configured on this server")
     try:
-        stripe.Webhook.construct_event(payload, signature or "", settings.stripe_webhook_secret)
+        # Only the signature is stripe-python's: its `construct_event` fails with a 500-worthy
+        # error on bodies that are valid JSON but not objects.
+        stripe.WebhookSignature.verify_header(payload, signature or "", settings.stripe_webhook_secret,
+                                              stripe.Webhook.DEFAULT_TOLERANCE)
     except stripe.SignatureVerificationError:
         raise ApiError(ErrorCode.BAD_REQUEST, "invalid Stripe signature") from None
-    except ValueError:
+    except UnicodeDecodeError:
+        raise ApiError(ErrorCode.BAD_REQUEST, "webhook body is not UTF-8") from None
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         raise ApiError(ErrorCode.MALFORMED_JSON, "webhook body is not valid JSON") from None
-    event = orjson.loads(payload)
-    if not isinstance(event, dict) or not isinstance(event.get("data", {}).get("object"), dict):
-        raise ApiError(ErrorCode.BAD_REQUEST, "not a Stripe event")
+    data = event.get("data") if isinstance(event, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise ApiError(ErrorCode.BAD_REQUEST, "not a Stripe event: `data.object` must be an object")
     return event
+
+
+def _malformed(what: str) -> ApiError:
+    return ApiError(ErrorCode.BAD_REQUEST, f"malformed Stripe event: {what}")
+
+
+def _amount(obj: dict[str, Any], name: str) -> int | None:
+    """An integer amount of the event's object, None when absent; a 400 when it is not an integer or
+    is past what the ledger's bigint columns hold (orjson reads integers past 64 bits as floats)."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not -INT64_MAX <= value <= INT64_MAX:
+        raise _malformed(f"`{name}` is not an integer in range")
+    return value
 
 
 async def handle_webhook(app: web.Application, payload: bytes, signature: str | None) -> dict[str, Any]:
@@ -194,8 +224,8 @@ async def _apply(app: web.Application, event_id: str, kind: str, obj: dict[str, 
         return "ignored"
     if kind in ("charge.refunded", "charge.dispute.created"):
         pi = obj.get("payment_intent")
-        amount = obj.get("amount_refunded" if kind == "charge.refunded" else "amount")
-        if not isinstance(pi, str) or not isinstance(amount, int):
+        amount = _amount(obj, "amount_refunded" if kind == "charge.refunded" else "amount")
+        if not isinstance(pi, str) or amount is None:
             return "ignored: no payment intent or amount"
         reversal = await purchases.reverse_purchase(
             engine, directory, pool, payment_intent=pi, reason="refund" if kind == "charge.refunded" else "dispute",
@@ -210,8 +240,8 @@ async def _apply(app: web.Application, event_id: str, kind: str, obj: dict[str, 
 def _amount_total(obj: dict[str, Any], settings: Settings, tokens: int) -> int:
     """What the session charges (smallest currency unit); used only for a session this server
     never recorded (refunds are prorated on it). Falls back to the pack's price."""
-    value = obj.get("amount_total")
-    if isinstance(value, int) and value > 0:
+    value = _amount(obj, "amount_total")
+    if value is not None and value > 0:
         return value
     return settings.packs.get(tokens) or 1
 
@@ -228,4 +258,6 @@ def _order(obj: dict[str, Any]) -> tuple[str, uuid.UUID, int] | None:
         return None
     if tokens <= 0:
         return None
+    if tokens > INT64_MAX:
+        raise _malformed("`metadata.tokens` is out of range")
     return obj["id"], user_id, tokens

@@ -1,4 +1,5 @@
-"""Wallet use cases on top of the ledger: balance, history, payouts, admin adjustments, audit.
+"""Wallet use cases on top of the ledger: balance, history, payouts, admin adjustments, audit
+(the ledger's invariants and the stream tip records against it).
 
 REST calls these; the money rules themselves live in `ledger` (tipping, purchases, payouts,
 grants). What is decided here is who may do what: a payout needs a performer with no debt (and,
@@ -27,6 +28,7 @@ from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from server.platform import audit_log
+from signaling.features.tips import audit as tips_audit
 
 _DESCRIPTIONS = {
     "tip_sent": "Tip to performer",
@@ -195,9 +197,13 @@ async def balance_of(app: web.Application, user_id: uuid.UUID) -> int:
 
 
 async def audit_report(app: web.Application) -> dict[str, Any]:
-    """Every ledger invariant over the whole database; `ok: false` lists the offending ids."""
-    report = await audit(app[keys.DB])
-    return {"ok": report.ok, "accounts": report.accounts, "transfers": report.transfers,
+    """Every ledger invariant over the whole database, then the streams' tip records and totals
+    against the ledger (`signaling.features.tips.audit`); `ok: false` lists the offending ids."""
+    db = app[keys.DB]
+    report = await audit(db)
+    tip_checks = await tips_audit.audit(db, settle_s=app[keys.SETTINGS].tip_audit_settle_s)
+    checks = [*report.checks, *tip_checks]
+    return {"ok": all(c.ok for c in checks), "accounts": report.accounts, "transfers": report.transfers,
             "holds_pending": report.holds_pending,
             "checks": [{"name": c.name, "description": c.description, "ok": c.ok, "offending": c.offending,
-                        "offending_count": c.offending_count, "detail": c.detail} for c in report.checks]}
+                        "offending_count": c.offending_count, "detail": c.detail} for c in checks]}

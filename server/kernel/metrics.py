@@ -73,6 +73,9 @@ class Metrics:
         self._ledger_queue = Gauge("greenroom_ledger_queue_depth",
                                    "Transfers waiting for the ledger's batching engine", registry=self.registry,
                                    multiprocess_mode="livesum")
+        self._health_probes = Counter("greenroom_health_probes", "Dependency checks /health ran (calls within "
+                                      "GREENROOM_HEALTH_CACHE_S of the last one reuse it)", ("service",),
+                                      registry=self.registry)
         self._pool_gauges: list[Gauge] = []
         if self._shared_dir:
             # A scrape runs in one worker only, so each worker writes its pool figures to the shared
@@ -97,6 +100,9 @@ class Metrics:
         if pool is not None:
             for gauge, value in zip(self._pool_gauges, _pool_values(pool), strict=True):
                 gauge.set(value)
+
+    def health_probed(self, service: str) -> None:
+        self._health_probes.labels(service).inc()
 
     def ws_opened(self) -> None:
         self.open_websockets += 1

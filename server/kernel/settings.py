@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.kernel.addresses import networks
+
 
 def default_data_dir() -> Path:
     """Per-user data directory (XDG on Linux)."""
@@ -58,9 +60,35 @@ class Settings(BaseSettings):
                                              "room publishes answer 503 or wait in the retry queue.")
     redis_pool_max: int = Field(64, ge=2, le=10000, description="Most Redis connections per worker.")
     health_timeout_s: float = Field(2.0, gt=0, le=30, description="Bound on each dependency check of /health.")
+    health_cache_s: float = Field(1.0, ge=0, le=60,
+                                  description="/health reuses its last dependency check this long, so anonymous "
+                                              "probes cost one PostgreSQL query and one Redis ping per period "
+                                              "(concurrent calls share one check; 0: check on every call).")
+    metrics_token: str = Field("", description="Bearer token that opens /metrics and /v1/status from any address "
+                                               "(empty: only the addresses of GREENROOM_METRICS_ALLOW).")
+    metrics_allow: str = Field("127.0.0.0/8,::1",
+                               description="Addresses or networks, comma-separated, that read /metrics and "
+                                           "/v1/status (pid, pool figures, per-route counts) without the token; "
+                                           "anyone else gets 403. Default: loopback only, for a scraper on the "
+                                           "host. Behind a proxy on the same host every request comes from "
+                                           "loopback: set GREENROOM_TRUST_FORWARDED_FOR, or empty this and use "
+                                           "the token.")
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
+    http_header_timeout_s: float = Field(30.0, ge=0.1, le=3600,
+                                         description="A connection must send a whole request head (line and "
+                                                     "headers) within this long of opening or of its previous "
+                                                     "answer, else it is closed; idle keep-alive connections close "
+                                                     "then too. Behind a proxy that keeps upstream connections, set "
+                                                     "it above the proxy's upstream keep-alive (nginx: 60 s).")
+    http_body_timeout_s: float = Field(30.0, ge=0.1, le=3600,
+                                       description="A request body must arrive whole within this long of its head, "
+                                                   "else 408 REQUEST_TIMEOUT and the connection closes.")
+    http_linger_s: float = Field(2.0, ge=0, le=60,
+                                 description="After answering a request whose body was not read whole (408, 413), "
+                                             "the rest is read and dropped at most this long before closing, so the "
+                                             "client sees the answer.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (empty: same origin).")
     access_log: bool = Field(True, description="Log one JSON line per HTTP request.")
 
@@ -81,6 +109,10 @@ class Settings(BaseSettings):
     auth_revocations_max: int = Field(100_000, ge=1,
                                       description="Most users whose older access tokens are held as revoked "
                                                   "(after a role or status change).")
+    refresh_reuse_grace_s: float = Field(5.0, ge=0, le=60,
+                                         description="A refresh token spent this recently gets the same new pair "
+                                                     "again (two tabs refreshing at once); past it, presenting it "
+                                                     "revokes the session as a stolen copy. 0: no grace.")
     sessions_per_user_max: int = Field(50, ge=1, description="Refresh-token families (logins) kept per user.")
     sessions_purge_batch: int = Field(1000, ge=1, description="Expired refresh tokens deleted per cleanup pass.")
     password_min_chars: int = Field(10, ge=8, le=256, description="Shortest password accepted.")
@@ -117,6 +149,10 @@ class Settings(BaseSettings):
                                                    "an id inserted concurrently by another process).")
     ledger_metadata_max_bytes: int = Field(2048, ge=64, le=65536, description="Largest metadata JSON of a transfer.")
     tip_fee_bps: int = Field(2000, ge=0, le=10000, description="Platform fee on tips, basis points.")
+    tip_audit_settle_s: float = Field(60.0, ge=0, le=86400,
+                                      description="The audit expects a ledger tip's stream record once the tip is "
+                                                  "this old (the record follows the ledger commit at once, or with "
+                                                  "the client's retry); older unrecorded tips are reported.")
     tip_max_tokens: int = Field(1_000_000, ge=1, description="Largest single tip.")
     payout_min_tokens: int = Field(1000, ge=1, description="Smallest payout request.")
     token_packs: str = Field("100:199,500:899,1000:1599,5000:6999",
@@ -212,6 +248,12 @@ class Settings(BaseSettings):
         "Live events a room holds on a node while a gap in pub/sub delivery is filled from history."))
     ws_ops_per_10s: int = Field(200, ge=1, description=(
         "Frames one socket may send per 10 s; beyond it they get RATE_LIMIT_EXCEEDED replies."))
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        networks(v)  # raises ValueError naming the bad entry
+        return v
 
     @field_validator("data_dir", mode="before")
     @classmethod

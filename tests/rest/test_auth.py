@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.accounts.passwords import passwords_for, policy_problems
-from server.accounts.sessions import purge_expired
+from server.accounts.sessions import forget_repeats, purge_expired
 from server.accounts.tokens import TokenService, token_service
 from server.accounts.users import create_user
 from server.kernel import keys
@@ -321,7 +321,53 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(api: TestClient) -> 
     assert (await refresh(api, other["refresh_token"])).status == 200
 
 
-async def test_concurrent_refresh_with_one_token_yields_one_pair(api: TestClient) -> None:
+async def test_concurrent_refreshes_within_the_grace_get_the_same_pair(api: TestClient) -> None:
+    """Two tabs refreshing one token at once both stay signed in, with one and the same new pair."""
+    first = await register(api)
+    resps = await asyncio.gather(*(refresh(api, first["refresh_token"]) for _ in range(2)))
+    assert [r.status for r in resps] == [200, 200], [await r.text() for r in resps]
+    a, b = [(await r.json())["data"] for r in resps]
+    assert (a["refresh_token"], a["access_token"]) == (b["refresh_token"], b["access_token"])
+    assert a["refresh_token"] != first["refresh_token"]
+    # A late third tab, still within the grace, gets that pair too: no third pair is minted.
+    late = (await (await refresh(api, first["refresh_token"])).json())["data"]
+    assert (late["refresh_token"], late["access_token"]) == (a["refresh_token"], a["access_token"])
+    db = api.app[keys.DB]
+    assert await db.fetchval("SELECT count(*) FROM refresh_tokens") == 2
+    assert await db.fetchval("SELECT revoked_at FROM refresh_families") is None
+    assert (await api.get("/v1/auth/me", headers=bearer(a["access_token"]))).status == 200
+    # What lets the repeat happen is stored sealed: neither new token is in the table in the clear.
+    rows = await db.fetch("SELECT * FROM refresh_tokens")
+    stored = b"".join(bytes(v) if isinstance(v, bytes) else str(v).encode() for r in rows for v in r.values())
+    for token in (a["refresh_token"], a["access_token"]):
+        assert token.encode() not in stored and hashlib.sha256(token.encode()).digest() != stored
+    # The new token rotates as usual; the first token, now two rotations back, is a reuse.
+    nxt = await refresh(api, a["refresh_token"])
+    assert nxt.status == 200
+    assert await error_of(await refresh(api, first["refresh_token"])) == (401, "INVALID_TOKEN")
+    assert await db.fetchval("SELECT revoked_reason FROM refresh_families") == "reuse"
+
+
+async def test_reuse_after_the_grace_revokes_the_family(api: TestClient) -> None:
+    first = await register(api)
+    second = (await (await refresh(api, first["refresh_token"])).json())["data"]
+    db = api.app[keys.DB]
+    grace = api.app[keys.SETTINGS].refresh_reuse_grace_s
+    assert grace > 0
+    # As if the grace had passed since the rotation.
+    await db.execute("UPDATE refresh_tokens SET used_at = used_at - make_interval(secs => $1)", grace + 1)
+    # The upkeep pass erases the sealed pair, which can no longer be repeated.
+    assert await forget_repeats(db, grace, 100) == 1
+    assert await db.fetchval("SELECT count(*) FROM refresh_tokens WHERE repeat_sealed IS NOT NULL") == 0
+    assert await error_of(await refresh(api, first["refresh_token"])) == (401, "INVALID_TOKEN")
+    assert await error_of(await refresh(api, second["refresh_token"])) == (401, "INVALID_TOKEN")
+    assert await db.fetchval("SELECT revoked_reason FROM refresh_families") == "reuse"
+
+
+async def test_without_a_grace_concurrent_refresh_yields_one_pair(
+        aiohttp_client: Any, make_app: Callable[[Settings], web.Application],
+        make_settings: Callable[..., Settings]) -> None:
+    api = await aiohttp_client(make_app(make_settings(**FAST, refresh_reuse_grace_s=0)))
     first = await register(api)
     resps = await asyncio.gather(*(refresh(api, first["refresh_token"]) for _ in range(5)))
     statuses = sorted(r.status for r in resps)

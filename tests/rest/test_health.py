@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -64,8 +65,11 @@ async def test_health_and_status_with_redis(aiohttp_client: ClientFactory, make_
     assert status["mode"] == "redis"
 
 
-async def test_health_is_503_while_postgres_refuses_and_recovers(client: TestClient, postgres: PostgresForTests,
-                                                                 dsn: str) -> None:
+async def test_health_is_503_while_postgres_refuses_and_recovers(aiohttp_client: ClientFactory,
+                                                                 make_app: Callable[..., web.Application],
+                                                                 make_settings: Callable[..., Settings],
+                                                                 postgres: PostgresForTests, dsn: str) -> None:
+    client = await aiohttp_client(make_app(make_settings(health_cache_s=0)))  # every call checks
     name = dsn.split("?")[0].rsplit("/", 1)[1]
     assert (await client.get("/health")).status == 200
     admin = await asyncpg.connect(postgres.admin_uri)
@@ -96,7 +100,7 @@ async def test_redis_outage_is_degraded_not_down(aiohttp_client: ClientFactory,
     monkeypatch.delenv("REDIS_URL", raising=False)
     own = RedisForTests()  # a server of this test's own, so stopping it disturbs no one
     try:
-        client = await aiohttp_client(make_app(make_settings(redis_url=own.url, redis_timeout_s=0.5)))
+        client = await aiohttp_client(make_app(make_settings(redis_url=own.url, redis_timeout_s=0.5, health_cache_s=0)))
         assert (await (await client.get("/health")).json())["data"]["status"] == "ok"
     finally:
         own.close()
@@ -220,3 +224,71 @@ async def test_access_log_can_be_turned_off(aiohttp_client: ClientFactory, make_
     assert not [r for r in caplog.records if r.name == "greenroom.access"]
     text = await (await client.get("/metrics")).text()
     assert sample(text, "greenroom_http_requests_total", method="GET", route="/health", status="200") == 1
+
+
+async def test_health_reuses_its_dependency_check_within_the_cache_period(
+        aiohttp_client: ClientFactory, make_app: Callable[..., web.Application],
+        make_settings: Callable[..., Settings], postgres: PostgresForTests, dsn: str) -> None:
+    """Anonymous /health floods cost one database probe per `health_cache_s`: calls within it
+    (and concurrent ones) share the last check. Shown by a real outage the cached answer does not
+    see yet, and by the probe counter."""
+    client = await aiohttp_client(make_app(make_settings(health_cache_s=1.0)))
+    name = dsn.split("?")[0].rsplit("/", 1)[1]
+
+    def probes(text: str) -> float:
+        return sample(text, "greenroom_health_probes_total", service="postgresql") or 0.0
+
+    first = await client.get("/health")
+    assert first.status == 200
+    before = probes(await (await client.get("/metrics")).text())
+    assert before == 1
+    resps = await asyncio.gather(*(client.get(p) for p in ["/health", "/v1/monitoring/health"] * 10))
+    assert {r.status for r in resps} == {200}
+    assert probes(await (await client.get("/metrics")).text()) == before
+    checked = {(await r.json())["data"]["checked_at"] for r in [first, *resps]}
+    assert len(checked) == 1
+    admin = await asyncpg.connect(postgres.admin_uri)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        # Within the period the last check stands (no new probe); after it, the outage shows.
+        assert (await client.get("/health")).status == 200
+        await asyncio.sleep(1.1)
+        resp = await client.get("/health")
+        assert resp.status == 503, await resp.text()
+        assert probes(await (await client.get("/metrics")).text()) == before + 1
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_metrics_and_status_are_for_loopback_or_the_token(
+        aiohttp_client: ClientFactory, make_app: Callable[..., web.Application],
+        make_settings: Callable[..., Settings]) -> None:
+    # By default the test client, on loopback, may read them (see the tests above); elsewhere not.
+    token = "scrape-" + uuid.uuid4().hex
+    client = await aiohttp_client(make_app(make_settings(metrics_token=token, trust_forwarded_for=True)))
+    outside = {"X-Forwarded-For": "203.0.113.7"}
+    for path in ("/metrics", "/v1/status"):
+        assert (await client.get(path)).status == 200
+        resp = await client.get(path, headers=outside)
+        assert resp.status == 403, await resp.text()
+        body = await resp.json()
+        assert body["error"]["code"] == "PERMISSION_DENIED" and "pid" not in await resp.text()
+        for wrong in ("Bearer nope", f"Bearer {token}x", token, ""):
+            assert (await client.get(path, headers={**outside, "Authorization": wrong})).status == 403
+        resp = await client.get(path, headers={**outside, "Authorization": f"Bearer {token}"})
+        assert resp.status == 200
+    assert (await client.get("/health", headers=outside)).status == 200  # load balancers probe freely
+    # An allow list without loopback, and no token: nobody.
+    closed = await aiohttp_client(make_app(make_settings(metrics_allow="192.0.2.0/24")))
+    assert (await closed.get("/metrics")).status == 403
+    assert (await closed.get("/v1/status", headers={"Authorization": "Bearer "})).status == 403
+
+
+@pytest.mark.parametrize("value", ["not-an-address", "10.0.0.0/33", "127.0.0.1,example.test"])
+def test_metrics_allow_is_checked_at_start(value: str) -> None:
+    from server.kernel.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="METRICS_ALLOW"):
+        load_settings(metrics_allow=value)

@@ -1,5 +1,5 @@
 """Purchases through Stripe: the real stripe-python client against a local server playing Stripe's
-API, and webhooks signed with a test secret and verified by `stripe.Webhook.construct_event`."""
+API, and webhooks signed with a test secret and verified by `stripe.WebhookSignature.verify_header`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -362,3 +363,57 @@ async def test_credit_repaired_after_a_crash_between_ledger_and_records(stripe_c
     assert (await post_event(client, paid))["result"] == "credited"
     assert await available(app, user.id) == 600
     assert await debts.owed(app[keys.DB], user.id) == 100
+
+
+def _malformed_events(user_id: uuid.UUID, sid: str, pi: str) -> list[bytes]:
+    """Signed bodies that are not usable Stripe events: a `data` or `data.object` that is not an
+    object, a body that is not an object, and amounts that are not integers or are past what
+    PostgreSQL's bigint holds (orjson reads integers past 64 bits as floats)."""
+    shapes: list[Any] = [[], "x", None, 5, True, {"object": []}, {"object": None}, {"object": "cs"}, {}]
+    bodies = []
+    for data in shapes:
+        evt = event("checkout.session.completed", session_object(sid, user_id, 500, 899))
+        evt["data"] = data
+        bodies.append(orjson.dumps(evt))
+    no_data = event("checkout.session.completed", {})
+    del no_data["data"]
+    bodies += [orjson.dumps(no_data), b"[1, 2]", b'"evt"', b"7", b"null"]
+    huge_tokens = session_object(sid, user_id, 500, 899)
+    huge_tokens["metadata"]["tokens"] = str(2**63)
+    bodies.append(orjson.dumps(event("checkout.session.completed", huge_tokens)))
+    for big, kind, obj, field in [(b, *case) for b in (2**63, 10**30, '"899"', 8.5) for case in [
+            ("checkout.session.completed", session_object(sid, user_id, 500, 899), "amount_total"),
+            ("checkout.session.completed", session_object("cs_new", user_id, 500, 899, payment_status="unpaid"),
+             "amount_total"),
+            ("charge.refunded", charge_refunded(pi, 899, 1), "amount_refunded"),
+            ("charge.dispute.created", dispute_created(pi, 1), "amount")]]:
+        raw = orjson.dumps(event(kind, obj))
+        bodies.append(raw.replace(f'"{field}":1,'.encode(), f'"{field}":{big},'.encode())
+                      .replace(f'"{field}":899,'.encode(), f'"{field}":{big},'.encode()))
+        assert f'"{field}":{big},'.encode() in bodies[-1]
+    return bodies
+
+
+async def test_malformed_signed_events_are_refused_and_change_nothing(stripe_client: MakeClient) -> None:
+    client = await stripe_client()
+    db = client.app[keys.DB]
+    user = await make_user(client.app)
+    session = await _buy(client, user, 500)
+    sid, pi = session["session_id"], "pi_malformed"
+    await post_event(client, event("checkout.session.completed", session_object(sid, user.id, 500, 899,
+                                                                                payment_status="unpaid",
+                                                                                payment_intent=pi)))
+    tables = ("ledger_transfers", "purchases", "purchase_reversals", "purchase_reversals_waiting", "wallet_debts")
+
+    async def state() -> list[Any]:
+        return [await db.fetch(f"SELECT * FROM {t} ORDER BY 1") for t in tables]
+
+    before = await state()
+    for body in _malformed_events(user.id, sid, pi):
+        payload, header = signed(body)
+        resp = await client.post("/v1/webhooks/stripe", data=payload, headers={"Stripe-Signature": header})
+        assert resp.status == 400, (body, await resp.text())
+        err = (await resp.json())["error"]
+        assert err["code"] in ("BAD_REQUEST", "MALFORMED_JSON") and err["message"], err
+    assert await state() == before
+    assert await available(client.app, user.id) == 0

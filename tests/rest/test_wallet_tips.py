@@ -14,7 +14,9 @@ from aiohttp.test_utils import TestClient
 from ledger import AccountKind
 from ledger.flows.tips import leg_ids
 from server.kernel import keys
+from signaling.features.rooms import access as rooms
 from tests.support.factories import TestUser, make_user
+from tests.support.rooms_support import new_stream, room_of
 from tests.support.wallet_support import available, fund, platform_revenue
 
 
@@ -266,3 +268,32 @@ async def test_200_concurrent_tippers_on_one_performer(client: TestClient, peopl
     resp = await client.get("/v1/admin/ledger/audit", headers=people["admin"].headers)
     report = (await resp.json())["data"]
     assert resp.status == 200 and report["ok"] is True, report
+
+
+async def test_private_stream_is_404_to_outsiders_whatever_its_status(client: TestClient,
+                                                                      people: dict[str, TestUser]) -> None:
+    """Whoever may not see a private stream learns nothing from tipping it: not whether it is live,
+    not who hosts it. Whoever may see it gets the real answers (409 when it is not live)."""
+    app = client.app
+    host, outsider, invited = people["performer"], people["other"], people["viewer"]
+    await fund(app, outsider.id, 100)
+    await fund(app, invited.id, 100)
+    created = await new_stream(client, host, access="private")
+    live_host = await make_user(app, role="performer")
+    live = await new_stream(client, live_host, access="private")
+    assert (await client.post(f"/v1/streams/{live['id']}/start", headers=live_host.headers)).status == 200
+    for stream, host_id in ((created, host.id), (live, live_host.id)):
+        for body in ({"stream_id": stream["id"], "amount": 5, "to_user_id": str(host_id)},
+                     {"stream_id": stream["id"], "amount": 5, "to_user_id": str(invited.id)}):
+            resp = await _tip(client, outsider, body)
+            assert resp.status == 404, (stream["status"], body, await resp.text())
+            assert (await resp.json())["error"]["code"] == "NOT_FOUND"
+    assert await available(app, outsider.id) == 100
+    # The invited may see both: the stream that is not live is a conflict, the live one takes the tip.
+    for stream in (created, live):
+        await rooms.grant(app[keys.DB], room_of(stream), invited.id, "invite")
+    resp = await _tip(client, invited, {"stream_id": created["id"], "amount": 5, "to_user_id": str(host.id)})
+    assert resp.status == 409 and (await resp.json())["error"]["details"]["status"] == "created"
+    resp = await _tip(client, invited, {"stream_id": live["id"], "amount": 5, "to_user_id": str(live_host.id)})
+    assert resp.status == 201, await resp.text()
+    assert await available(app, invited.id) == 95

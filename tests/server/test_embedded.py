@@ -98,3 +98,40 @@ def test_a_stop_while_the_embedded_server_starts_is_honoured_before_serving(tmp_
     assert '"msg":"stopped before serving"' in srv.output()
     assert '"msg":"serving"' not in srv.output()
     assert exits_soon(pg_pid), "embedded PostgreSQL outlived the server"
+
+
+def test_a_killed_server_does_not_keep_postgres_up_after_the_next_clean_stop(tmp_path: Path) -> None:
+    """kill -9 leaves PostgreSQL running and the dead pid in the wheel's list of handle holders
+    (`.handle_pids.json`); the next server attaches, and its clean stop must still stop PostgreSQL."""
+    import os
+
+    data_dir = tmp_path / "data"
+    pg_pid = 0
+    try:
+        first = start(data_dir, tmp_path / "first.log")
+        try:
+            first.wait_ready(timeout=120)
+            pg_pid = postmaster_pid(data_dir)
+            os.kill(first.proc.pid, signal.SIGKILL)  # the server only: PostgreSQL is left running
+            assert first.wait_exit(STOP_S) == -signal.SIGKILL
+        finally:
+            first.kill()
+        assert alive(pg_pid), "this test needs PostgreSQL to survive the kill"
+        handles = json.loads((data_dir / "postgres" / ".handle_pids.json").read_text())
+        assert first.proc.pid in handles
+
+        second = start(data_dir, tmp_path / "second.log")
+        try:
+            second.wait_ready(timeout=120)
+            assert postmaster_pid(data_dir) == pg_pid  # attached to the survivor
+            assert "dropped handles of processes that died" in second.output()
+            second.signal(signal.SIGTERM)
+            assert second.wait_exit(STOP_S) == 0, second.output()
+        finally:
+            second.kill()
+        assert exits_soon(pg_pid), "embedded PostgreSQL outlived a clean stop after a kill -9"
+        assert not (data_dir / "postgres" / "postmaster.pid").exists()
+    finally:
+        if pg_pid and alive(pg_pid):  # leave no server behind when the test fails
+            os.kill(pg_pid, signal.SIGTERM)
+            exits_soon(pg_pid)

@@ -263,6 +263,45 @@ async def test_reports_and_flags(client: TestClient, cast: dict[str, TestUser]) 
     assert bad.status == 422
 
 
+async def test_reports_only_on_what_the_reporter_can_see(client: TestClient, cast: dict[str, TestUser]) -> None:
+    """A report answers with a snapshot of its target: on a private stream, or a message in a room
+    the reporter may not enter, it is NOT_FOUND, as for a target that does not exist."""
+    app = client.app
+    db = app[keys.DB]
+    host, outsider, invited = cast["host"], cast["viewer2"], cast["viewer"]
+    private = await new_stream(client, host, access="private", title="Secret set")
+    ticketed = await new_stream(client, host, access="ticket", title="Ticketed set")
+    await rooms.grant(db, room_of(private), invited.id, "invite")
+    said = await call_op(app, "chat.send", host, room_of(private), {"text": "the address is 1 Hidden Lane"})
+    said_ticketed = await call_op(app, "chat.send", host, room_of(ticketed), {"text": "for ticket holders"})
+    missing = {"target_type": "chat_message", "target_id": str(uuid.uuid4()), "reason": "spam"}
+    unknown = await client.post("/v1/moderation/report", json=missing, headers=outsider.headers)
+    assert unknown.status == 404
+    hidden = [{"target_type": "stream", "target_id": private["id"], "reason": "other"},
+              {"target_type": "chat_message", "target_id": said["id"], "reason": "spam"},
+              {"target_type": "chat_message", "target_id": said_ticketed["id"], "reason": "spam"}]
+    for body in hidden:
+        resp = await client.post("/v1/moderation/report", json=body, headers=outsider.headers)
+        text = await resp.text()
+        assert resp.status == 404, (body, text)
+        assert "Secret" not in text and "Hidden Lane" not in text and str(host.id) not in text
+        assert (await resp.json())["error"]["code"] == (await unknown.json())["error"]["code"]
+    assert await db.fetchval("SELECT count(*) FROM moderation_reports") == 0
+    # A ticketed stream is listed for everyone, so anyone may report it; its chat is for ticket holders.
+    resp = await client.post("/v1/moderation/report", json={"target_type": "stream", "target_id": ticketed["id"],
+                                                            "reason": "other"}, headers=outsider.headers)
+    assert resp.status == 201 and (await resp.json())["data"]["snapshot"]["title"] == "Ticketed set"
+    # Whoever may enter the private room may report what is in it, and sees the snapshot.
+    for body in hidden[:2]:
+        resp = await client.post("/v1/moderation/report", json=body, headers=invited.headers)
+        assert resp.status == 201, (body, await resp.text())
+    snapshot = (await resp.json())["data"]["snapshot"]
+    assert snapshot["text"] == "the address is 1 Hidden Lane" and snapshot["author_id"] == str(host.id)
+    # So may room staff and admins (a report by the admin on the ticketed chat).
+    resp = await client.post("/v1/moderation/report", json=hidden[2], headers=cast["admin"].headers)
+    assert resp.status == 201
+
+
 # --- retention -------------------------------------------------------------------------------
 
 async def test_retention_purge_deletes_only_old_rows_in_bounded_batches(client: TestClient, make_settings,  # type: ignore[no-untyped-def]

@@ -70,9 +70,10 @@ class FakeStripe:
         })
 
 
-def signed(event: dict[str, Any], secret: str = WEBHOOK_SECRET, at: int | None = None) -> tuple[bytes, str]:
-    """The payload and its `Stripe-Signature` header: t=..., v1=HMAC-SHA256(secret, "t.payload")."""
-    payload = orjson.dumps(event)
+def signed(event: dict[str, Any] | bytes, secret: str = WEBHOOK_SECRET, at: int | None = None) -> tuple[bytes, str]:
+    """The payload and its `Stripe-Signature` header: t=..., v1=HMAC-SHA256(secret, "t.payload").
+    Bytes are signed as they are (for bodies orjson will not write, e.g. integers past 64 bits)."""
+    payload = event if isinstance(event, bytes) else orjson.dumps(event)
     t = int(time.time()) if at is None else at
     mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
     return payload, f"t={t},v1={mac}"

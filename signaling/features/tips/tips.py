@@ -1,11 +1,11 @@
 """Tips: `send_tip`, the one domain function behind the socket op `tip.send` and `POST /v1/wallet/transfer`.
 
-Checks, cheapest first: amount (1..`tip_max_tokens`) and message; the stream (live; the
-recipient is its host); not yourself; the recipient exists and is an active performer; the
-sender owes no debt. Then the ledger moves the tip (`ledger.flows.tips`: fee split, linked legs,
-leg ids derived from the tip id). A tip in a stream is then recorded (`stream_tips`, the
-stream's running total, top tippers; batched by `TipRecorder`) and `tip.received` is published
-to the room with idempotency key `tip:{id}`.
+Checks, cheapest first: amount (1..`tip_max_tokens`) and message; the stream (visible to the
+sender, else NOT_FOUND whatever its status; then live; the recipient is its host); not yourself;
+the recipient exists and is an active performer; the sender owes no debt. Then the ledger moves
+the tip (`ledger.flows.tips`: fee split, linked legs, leg ids derived from the tip id). A tip in a
+stream is then recorded (`stream_tips`, the stream's running total, top tippers; batched by
+`TipRecorder`) and `tip.received` is published to the room with idempotency key `tip:{id}`.
 
 Retries: the tip id is the key. A resubmitted id moves nothing (`exists`); the reply says
 `replayed: true`. Recording and publishing run for `ok` AND `exists`: if a process died after
@@ -62,6 +62,12 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
                        details={"field": "message", "max_chars": settings.tip_message_max_chars})
     db = app[keys.DB]
     if stream_id is not None:
+        room = streams.room_of(stream_id)
+        if grant is None:
+            # Visibility first: a private stream is NOT_FOUND to whoever may not enter it, whatever
+            # its status or host (a 409 or a host mismatch would tell that it exists). A socket
+            # tipper joined the room, so it sees the stream.
+            room = await streams.stream_room(app, sender, stream_id)
         stream = await db.fetchrow("SELECT host_id, status FROM streams WHERE id = $1", stream_id)
         if stream is None:
             raise not_found("stream")
@@ -72,8 +78,6 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
             raise ApiError(ErrorCode.CONFLICT, "tips go to live streams", details={"status": stream["status"]})
         to_user_id = stream["host_id"]
         if grant is None:
-            # As for joining: a private stream is NOT_FOUND to whoever may not enter it.
-            room = await streams.stream_room(app, sender, stream_id)
             grant = await rooms.authorize_join(app, sender, room)
         if not grant.can_tip and to_user_id != sender.user_id:
             raise forbidden("you may not tip in this room")
