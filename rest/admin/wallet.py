@@ -14,6 +14,7 @@ from rest.framework.responses import ok
 from rest.framework.router import Call, Router
 from rest.framework.schema import Schema
 from server.commerce import wallet
+from signaling.features.tips import audit as tips_audit
 
 router = Router("admin")
 
@@ -72,4 +73,4 @@ async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
             summary="Check the ledger invariants and the stream tip records against it (200, ok: false when one fails)",
             response=AuditOut, roles=("admin",))
 async def ledger_audit(call: Call[None]) -> web.StreamResponse:
-    return ok(await wallet.audit_report(call.app))
+    return ok(await tips_audit.report(call.app))

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ledger import AccountKind, Code, Result, accounts_of, audit
+from ledger import AccountKind, Code, Result, accounts_of
 from ledger.flows import debts
 from ledger.flows.grants import adjust_tokens
 from ledger.flows.payouts import Payout, Status, get_payout, list_payouts, request_payout, resolve_payout
@@ -28,7 +28,6 @@ from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
 from server.platform import audit_log
-from signaling.features.tips import audit as tips_audit
 
 _DESCRIPTIONS = {
     "tip_sent": "Tip to performer",
@@ -194,16 +193,3 @@ async def adjust(app: web.Application, admin: Identity, *, user_id: uuid.UUID, a
 async def balance_of(app: web.Application, user_id: uuid.UUID) -> int:
     wallet = [a for a in await accounts_of(app[keys.DB], user_id) if a.kind is AccountKind.WALLET]
     return wallet[0].available if wallet else 0
-
-
-async def audit_report(app: web.Application) -> dict[str, Any]:
-    """Every ledger invariant over the whole database, then the streams' tip records and totals
-    against the ledger (`signaling.features.tips.audit`); `ok: false` lists the offending ids."""
-    db = app[keys.DB]
-    report = await audit(db)
-    tip_checks = await tips_audit.audit(db, settle_s=app[keys.SETTINGS].tip_audit_settle_s)
-    checks = [*report.checks, *tip_checks]
-    return {"ok": all(c.ok for c in checks), "accounts": report.accounts, "transfers": report.transfers,
-            "holds_pending": report.holds_pending,
-            "checks": [{"name": c.name, "description": c.description, "ok": c.ok, "offending": c.offending,
-                        "offending_count": c.offending_count, "detail": c.detail} for c in checks]}

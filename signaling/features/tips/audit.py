@@ -19,9 +19,14 @@ has `stream` there. The checks, all in one snapshot:
 
 from __future__ import annotations
 
-import asyncpg
+from typing import Any
 
+import asyncpg
+from aiohttp import web
+
+import ledger
 from ledger.audit import Check, run_check
+from server.kernel import keys
 
 # The carrier leg of every tip, its metadata as text (compared as text: a malformed value in a
 # transfer's metadata must show up as a mismatch, not stop the audit with a cast error).
@@ -75,3 +80,16 @@ async def _audit(conn: asyncpg.Connection, settle_s: float) -> list[Check]:
             args: tuple[object, ...] = (float(settle_s),) if "$1" in query else ()
             checks.append(await run_check(conn, name, description, query, *args))
     return checks
+
+
+async def report(app: web.Application) -> dict[str, Any]:
+    """Every ledger invariant over the whole database, then the streams' tip records and totals
+    against the ledger; `ok: false` lists the offending ids (the admin audit route's answer)."""
+    db = app[keys.DB]
+    ledger_report = await ledger.audit(db)
+    tip_checks = await audit(db, settle_s=app[keys.SETTINGS].tip_audit_settle_s)
+    checks = [*ledger_report.checks, *tip_checks]
+    return {"ok": all(c.ok for c in checks), "accounts": ledger_report.accounts,
+            "transfers": ledger_report.transfers, "holds_pending": ledger_report.holds_pending,
+            "checks": [{"name": c.name, "description": c.description, "ok": c.ok, "offending": c.offending,
+                        "offending_count": c.offending_count, "detail": c.detail} for c in checks]}
