@@ -39,7 +39,9 @@ Writing (only through the engine; one per process, `app[keys.LEDGER]` in the ser
   pending_id=hold_id)` (0 accounts = the hold's, amount 0 = the whole hold, less = partial:
   the rest is released); void with `flags=VOID_PENDING` (amount 0 or the hold's). The code must
   equal the hold's. A hold resolves once; after `expires_at` it is `pending_expired` and the
-  sweeper releases it (`Sweeper`, every `ledger_sweep_interval_s`).
+  sweeper releases it (`Sweeper`, every `ledger_sweep_interval_s`), then tells its optional
+  `on_expired` callback which holds it expired (`ExpiredHold`: id, accounts, amount, code,
+  metadata; after the commit, bounded, best effort: see `ledger.sweeper`).
 - Metadata: a small JSON object (`ledger_metadata_max_bytes`, no NUL characters) stored with
   the transfer (room, message, Stripe ids); part of the fields a resubmission must match
   (compared as JSON values: key order and number spelling do not matter).
@@ -85,7 +87,7 @@ from ledger.model import (
     TransferFlags,
     TransferRecord,
 )
-from ledger.sweeper import Sweeper
+from ledger.sweeper import ExpiredHold, Sweeper
 
 __all__ = [
     "SYSTEM_ACCOUNT_IDS",
@@ -96,6 +98,7 @@ __all__ = [
     "Balance",
     "Code",
     "Engine",
+    "ExpiredHold",
     "LedgerClosed",
     "LedgerError",
     "LedgerOverloaded",

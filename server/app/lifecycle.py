@@ -132,6 +132,9 @@ def ledger(dsn: str) -> Ctx:
         settings = app[keys.SETTINGS]
         engine = make_engine(settings, dsn)
         await engine.start()
+        # No `on_expired` callback: nothing acts on an expiry today. A payout request's status is
+        # its hold's, read from the ledger (`ledger.flows.payouts`), so it shows `expired` without
+        # being marked; seats are granted by ticketing (`room_grants`), not held in the ledger.
         sweeper = Sweeper(engine, app[keys.DB], interval_s=settings.ledger_sweep_interval_s,
                           batch_max=settings.ledger_sweep_batch_max)
         sweeper.start()
