@@ -10,7 +10,9 @@ Writing (only through the engine; one per process, `app[keys.LEDGER]` in the ser
     outcomes = await engine.submit([Transfer(...), ...])   # one Outcome(id, result) per transfer
     await engine.close()                                   # applies what is queued (bounded)
 
-- One engine per process, one writer task, its own connection. Submissions queue (bounded by
+- One engine per process, one writer task, its own connection. `start()` refuses to run with
+  assertions off (`python -O`: `LedgerAssertionsOff`): the ledger's invariants are asserts, and
+  a failed one stops the engine rather than let it write wrong. Submissions queue (bounded by
   `queue_max` transfers) and are applied in batches of at most `batch_max` in one transaction:
   accounts locked once each in id order, every transfer checked in queue order in memory, one
   write statement, one COMMIT. Figures: benchmarks/RESULTS.md.
@@ -70,7 +72,7 @@ Checking (module `audit`): `await audit(db) -> AuditReport` (`.ok`, `.checks[i].
 from ledger.accounts import account_transfers, accounts_of, balances, create_accounts, lookup_accounts
 from ledger.audit import AuditReport, audit
 from ledger.engine import Engine
-from ledger.errors import LedgerClosed, LedgerError, LedgerOverloaded, LedgerUnavailable
+from ledger.errors import LedgerAssertionsOff, LedgerClosed, LedgerError, LedgerOverloaded, LedgerUnavailable
 from ledger.model import (
     SYSTEM_ACCOUNT_IDS,
     Account,
@@ -99,6 +101,7 @@ __all__ = [
     "Code",
     "Engine",
     "ExpiredHold",
+    "LedgerAssertionsOff",
     "LedgerClosed",
     "LedgerError",
     "LedgerOverloaded",

@@ -39,7 +39,7 @@ import orjson
 
 from ledger import store
 from ledger.batch import AccountState, Batch
-from ledger.errors import LedgerClosed, LedgerOverloaded, LedgerUnavailable
+from ledger.errors import LedgerAssertionsOff, LedgerClosed, LedgerOverloaded, LedgerUnavailable
 from ledger.model import TIMEOUT_S_MAX, TRANSFER_FLAGS_ALL, Code, Outcome, Result, Transfer, TransferFlags
 
 log = logging.getLogger("greenroom.ledger")
@@ -60,6 +60,14 @@ _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def require_assertions() -> None:
+    """Raise LedgerAssertionsOff when Python runs with assertions off (`-O`); see that error."""
+    if not __debug__:
+        raise LedgerAssertionsOff(
+            "assertions are off (python -O or PYTHONOPTIMIZE): the ledger's invariant checks are plain asserts "
+            "and its safety stop relies on them; run Python without -O")
 
 
 @dataclass(slots=True)
@@ -129,7 +137,11 @@ class Engine:
         return self._queued
 
     async def start(self) -> None:
-        """Connect (a failure here stops the start with the database's error) and start the writer."""
+        """Connect (a failure here stops the start with the database's error) and start the writer.
+
+        Raises LedgerAssertionsOff under `python -O`, before connecting.
+        """
+        require_assertions()
         assert self._writer is None, "started twice"
         self._conn = await self._connect()
         self._writer = asyncio.create_task(self._run(), name="ledger-writer")
