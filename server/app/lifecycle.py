@@ -156,7 +156,8 @@ async def wallet(app: web.Application) -> AsyncIterator[None]:
     pool = app[keys.DB]
     app[keys.ACCOUNTS] = AccountDirectory(pool, settings.ledger_account_cache_max)
     recorder = TipRecorder(pool, batch_max=settings.tip_record_batch_max, wait_ms=settings.tip_record_wait_ms,
-                           queue_max=settings.tip_record_queue_max, top_n=settings.tip_top_tippers)
+                           queue_max=settings.tip_record_queue_max, top_n=settings.tip_top_tippers,
+                           close_timeout_s=settings.shutdown_timeout_s)
     recorder.start()
     app[TIPS] = recorder
     gateway = StripeGateway(settings)
