@@ -15,7 +15,8 @@ Writing (only through the engine; one per process, `app[keys.LEDGER]` in the ser
   a failed one stops the engine rather than let it write wrong. Submissions queue (bounded by
   `queue_max` transfers) and are applied in batches of at most `batch_max` in one transaction:
   accounts locked once each in id order, every transfer checked in queue order in memory, one
-  write statement, one COMMIT. Figures: benchmarks/RESULTS.md.
+  write statement, one COMMIT. Figures: benchmarks/RESULTS.md. The queue and the writer task
+  are `writer.BatchWriter` (generic; the stream tip recorder runs on it too).
 
 - `submit` returns only after COMMIT (synchronous_commit on). Results are codes, never
   exceptions: `Result.OK`, `Result.EXISTS` (applied before with equal fields: nothing moved now;
