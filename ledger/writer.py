@@ -90,6 +90,7 @@ class BatchWriter(Generic[T, R]):
         self._nudged_at: float | None = None  # when a round was asked for with nothing queued
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._open = False  # taking items: started, and not closing, stopped or ended (one test per submit)
         self._closing = False
         self._stopped: Exception | None = None
 
@@ -108,25 +109,27 @@ class BatchWriter(Generic[T, R]):
 
     def has_room(self, weight: int = 1) -> bool:
         """Whether `submit` of this weight would be taken now."""
-        return self._accepting() and self._queued + weight <= self._queue_max
+        return self._open and self._queued + weight <= self._queue_max
 
     def start(self) -> None:
         assert self._task is None, "started twice"
         self._task = asyncio.create_task(self._run(), name=self._name)
+        self._open = True
 
     def submit(self, item: T, weight: int = 1) -> asyncio.Future[R]:
         """Queue `item`; the future resolves with its result once its batch is written.
 
         Raises WriterClosed, WriterFull (nothing queued), ValueError for a weight outside 1..batch_max.
         """
-        if not self._accepting():
+        if not self._open:
             raise WriterClosed(f"{self._name} is not running")
         if not 1 <= weight <= self._batch_max:
             raise ValueError(f"an item weighs 1..{self._batch_max}, got {weight}")
         if self._queued + weight > self._queue_max:
             raise WriterFull(f"{self._name} queue is full ({self._queued} of {self._queue_max} queued)")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, weight, future, time.monotonic()))
+        # The time queued only matters to a batch that waits (`_collect`).
+        self._queue.append((item, weight, future, time.monotonic() if self._wait_s else 0.0))
         self._queued += weight
         # Wake the writer only when it may be idle or waiting for a full batch, not per item.
         if len(self._queue) == 1 or self._queued >= self._batch_max:
@@ -143,10 +146,12 @@ class BatchWriter(Generic[T, R]):
         """End the writer after the batch being written; what is queued fails with `fail(error)`."""
         if self._stopped is None:
             self._stopped = error
+        self._open = False
         self._wake.set()
 
     async def close(self) -> None:
         """Stop taking items, write what is queued (bounded by close_timeout_s), fail what is left."""
+        self._open = False
         self._closing = True
         self._wake.set()
         task = self._task
@@ -163,10 +168,6 @@ class BatchWriter(Generic[T, R]):
 
     # --- the writer ----------------------------------------------------------------------
 
-    def _accepting(self) -> bool:
-        task = self._task
-        return not self._closing and self._stopped is None and task is not None and not task.done()
-
     async def _run(self) -> None:
         # Runs for the writer's life: ends when closing has drained the queue, or on stop().
         try:
@@ -181,6 +182,7 @@ class BatchWriter(Generic[T, R]):
                     await self._collect()
                 await self._write_batch(self._take())
         finally:
+            self._open = False
             # Empty unless stopped, cancelled by close(), or broken by a bug here: never leave a caller waiting.
             stopped = self._stopped
             self._fail_queued(stopped if stopped is not None else WriterClosed(f"{self._name} stopped"))
