@@ -10,10 +10,13 @@ Writing (only through the engine; one per process, `app[money.LEDGER]` in the se
     outcomes = await engine.submit([Transfer(...), ...])   # one Outcome(id, result) per transfer
     await engine.close()                                   # applies what is queued (bounded)
 
-- One engine per process, one writer task, its own connection. Submissions queue (bounded by
+- One engine per process, one writer task, its own connection. `start()` refuses to run with
+  assertions off (`python -O`: `LedgerAssertionsOff`): the ledger's invariants are asserts, and
+  a failed one stops the engine rather than let it write wrong. Submissions queue (bounded by
   `queue_max` transfers) and are applied in batches of at most `batch_max` in one transaction:
   accounts locked once each in id order, every transfer checked in queue order in memory, one
-  write statement, one COMMIT. Figures: benchmarks/RESULTS.md.
+  write statement, one COMMIT. Figures: benchmarks/RESULTS.md. The queue and the writer task
+  are `writer.BatchWriter` (generic; the stream tip recorder runs on it too).
 
 - `submit` returns only after COMMIT (synchronous_commit on). Results are codes, never
   exceptions: `Result.OK`, `Result.EXISTS` (applied before with equal fields: nothing moved now;
@@ -39,7 +42,9 @@ Writing (only through the engine; one per process, `app[money.LEDGER]` in the se
   pending_id=hold_id)` (0 accounts = the hold's, amount 0 = the whole hold, less = partial:
   the rest is released); void with `flags=VOID_PENDING` (amount 0 or the hold's). The code must
   equal the hold's. A hold resolves once; after `expires_at` it is `pending_expired` and the
-  sweeper releases it (`Sweeper`, every `ledger_sweep_interval_s`).
+  sweeper releases it (`Sweeper`, every `ledger_sweep_interval_s`), then tells its optional
+  `on_expired` callback which holds it expired (`ExpiredHold`: id, accounts, amount, code,
+  metadata; after the commit, bounded, best effort: see `ledger.sweeper`).
 - Metadata: a small JSON object (`ledger_metadata_max_bytes`, no NUL characters) stored with
   the transfer (room, message, Stripe ids); part of the fields a resubmission must match
   (compared as JSON values: key order and number spelling do not matter).
@@ -68,7 +73,7 @@ Checking (module `audit`): `await audit(db) -> AuditReport` (`.ok`, `.checks[i].
 from ledger.accounts import account_transfers, accounts_of, balances, create_accounts, lookup_accounts
 from ledger.audit import AuditReport, audit
 from ledger.engine import Engine
-from ledger.errors import LedgerClosed, LedgerError, LedgerOverloaded, LedgerUnavailable
+from ledger.errors import LedgerAssertionsOff, LedgerClosed, LedgerError, LedgerOverloaded, LedgerUnavailable
 from ledger.model import (
     SYSTEM_ACCOUNT_IDS,
     Account,
@@ -85,7 +90,7 @@ from ledger.model import (
     TransferFlags,
     TransferRecord,
 )
-from ledger.sweeper import Sweeper
+from ledger.sweeper import ExpiredHold, Sweeper
 
 __all__ = [
     "SYSTEM_ACCOUNT_IDS",
@@ -96,6 +101,8 @@ __all__ = [
     "Balance",
     "Code",
     "Engine",
+    "ExpiredHold",
+    "LedgerAssertionsOff",
     "LedgerClosed",
     "LedgerError",
     "LedgerOverloaded",

@@ -7,6 +7,14 @@ class LedgerError(Exception):
     """Base of the engine's errors: the submission was not (known to be) applied."""
 
 
+class LedgerAssertionsOff(LedgerError):
+    """Python runs with assertions off (`python -O`, PYTHONOPTIMIZE): the engine refuses to start.
+
+    The ledger's invariants (debits equal credits, counters never below zero, a hold resolved once)
+    are plain `assert`s, and the engine stops writing when one fails; without them it would write on.
+    """
+
+
 class LedgerOverloaded(LedgerError):
     """The engine's queue is full; nothing was queued. Retry later with the same ids."""
 

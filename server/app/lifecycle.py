@@ -147,6 +147,9 @@ def ledger(dsn: str) -> Ctx:
         settings = app[keys.SETTINGS]
         engine = make_engine(settings, dsn)
         await engine.start()
+        # No `on_expired` callback: nothing acts on an expiry today. A payout request's status is
+        # its hold's, read from the ledger (`ledger.flows.payouts`), so it shows `expired` without
+        # being marked; seats are granted by ticketing (`room_grants`), not held in the ledger.
         sweeper = Sweeper(engine, app[keys.DB], interval_s=settings.ledger_sweep_interval_s,
                           batch_max=settings.ledger_sweep_batch_max)
         sweeper.start()
@@ -168,7 +171,8 @@ async def wallet(app: web.Application) -> AsyncIterator[None]:
     pool = app[keys.DB]
     app[money.ACCOUNTS] = AccountDirectory(pool, settings.ledger_account_cache_max)
     recorder = TipRecorder(pool, batch_max=settings.tip_record_batch_max, wait_ms=settings.tip_record_wait_ms,
-                           queue_max=settings.tip_record_queue_max, top_n=settings.tip_top_tippers)
+                           queue_max=settings.tip_record_queue_max, top_n=settings.tip_top_tippers,
+                           close_timeout_s=settings.shutdown_timeout_s)
     recorder.start()
     app[TIPS] = recorder
     gateway = StripeGateway(settings)

@@ -36,24 +36,13 @@ from tests.support.ledger_support import (
     fund_all,
     move,
     start_engine,
+    wait_for_lock_wait,
     wallets,
 )
 
 
 async def results(engine: Engine, *transfers: Transfer) -> list[Result]:
     return [o.result for o in await engine.submit(list(transfers))]
-
-
-async def wait_for_lock_wait(db: asyncpg.Connection) -> None:
-    """Until the engine's writer is blocked on a row lock (bounded)."""
-    for _ in range(200):
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'greenroom-ledger' "
-            "AND datname = current_database() AND wait_event_type = 'Lock'")
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the writer never waited on the lock")
 
 
 # --- batching and idempotency ------------------------------------------------------------

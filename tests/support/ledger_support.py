@@ -6,6 +6,7 @@ the test ends), `clock` (a FakeClock) and `engine` (started on that clock, close
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -107,3 +108,15 @@ async def counters(db: asyncpg.Connection, account: int) -> tuple[int, int, int,
                             "FROM ledger_accounts WHERE id = $1", account)
     assert row is not None
     return (row[0], row[1], row[2], row[3])
+
+
+async def wait_for_lock_wait(db: asyncpg.Connection) -> None:
+    """Until an engine's writer is blocked on a row lock (bounded)."""
+    for _ in range(200):
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'greenroom-ledger' "
+            "AND datname = current_database() AND wait_event_type = 'Lock'")
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the writer never waited on the lock")

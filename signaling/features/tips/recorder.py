@@ -7,24 +7,36 @@ most `tip_record_batch_max`) and writes them in one transaction: one INSERT of t
 (`ON CONFLICT DO NOTHING`: a tip id is recorded once), then the totals of only the rows actually
 inserted, one UPDATE per stream. Each caller gets its stream's running total and top tippers
 after the batch, and whether its `tip.received` still has to be broadcast.
+
+The queue, the one writer task and the bounded close are `ledger.writer.BatchWriter` (weight 1
+per record). The broadcast marks ride along: `broadcast_done` only notes the tip id and nudges
+the writer, and each batch writes the marks noted so far (a batch may hold marks only).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from ledger.writer import BatchWriter, WriterClosed, WriterFull, WriterInterrupted
+
 log = logging.getLogger("greenroom.tips")
 
 
-class RecorderFull(Exception):
+class RecorderUnavailable(Exception):
+    """The record was not written: the recorder is closing, or its close cut the record short.
+
+    The tip itself is in the ledger; retrying the tip id records it.
+    """
+
+
+class RecorderFull(RecorderUnavailable):
     """`tip_record_queue_max` records wait already; refuse new tips before they move money."""
 
 
@@ -80,73 +92,56 @@ _MARK = "UPDATE stream_tips SET broadcast_at = now() WHERE tip_id = ANY($1::uuid
 
 
 class TipRecorder:
-    def __init__(self, pool: asyncpg.Pool, *, batch_max: int, wait_ms: float, queue_max: int, top_n: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, batch_max: int, wait_ms: float, queue_max: int, top_n: int,
+                 close_timeout_s: float = 10.0) -> None:
         self._pool = pool
-        self._batch_max = batch_max
-        self._wait_s = wait_ms / 1000
-        self._queue_max = queue_max
+        self._marks_max = queue_max
         self._top_n = top_n
-        self._queue: deque[tuple[StreamTip, asyncio.Future[Recorded]]] = deque()
         self._broadcast: set[uuid.UUID] = set()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._writer: BatchWriter[StreamTip, Recorded] = BatchWriter(
+            self._write, name="tip-recorder", batch_max=batch_max, queue_max=queue_max, wait_ms=wait_ms,
+            close_timeout_s=close_timeout_s, fail=_caller_error)
 
     def has_room(self) -> bool:
-        return not self._closing and len(self._queue) < self._queue_max
+        return self._writer.has_room()
 
     async def record(self, tip: StreamTip) -> Recorded:
-        """Record the tip (once per tip id) with the next batch; raises RecorderFull, or what the
-        database raised for the batch (the tip is then not recorded: retrying the tip id records it)."""
-        if not self.has_room():
-            raise RecorderFull(f"{len(self._queue)} tip records are waiting")
-        future: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
-        self._queue.append((tip, future))
-        self._wakeup.set()
+        """Record the tip (once per tip id) with the next batch; raises RecorderFull,
+        RecorderUnavailable (closing), or what the database raised for the batch (the tip is then
+        not recorded: retrying the tip id records it)."""
+        try:
+            future = self._writer.submit(tip)
+        except WriterFull:
+            raise RecorderFull(f"{self._writer.queued} tip records are waiting") from None
+        except WriterClosed:
+            raise RecorderUnavailable("the tip recorder is not running") from None
         return await future
 
     def broadcast_done(self, tip_id: uuid.UUID) -> None:
         """Note that `tip.received` went out; written with the next batch. Best effort: a lost
         mark only means a retry of the tip id publishes again under the same idempotency key."""
-        if len(self._broadcast) < self._queue_max:
+        if len(self._broadcast) < self._marks_max:
             self._broadcast.add(tip_id)
-            self._wakeup.set()
+            self._writer.nudge()
 
     def start(self) -> None:
-        assert self._task is None
-        self._task = asyncio.create_task(self._run(), name="tip-recorder")
+        self._writer.start()
 
     async def close(self) -> None:
-        """Write what is queued, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        """Write what is queued (bounded by close_timeout_s), then stop."""
+        await self._writer.close()
 
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._closing and self._wait_s and len(self._queue) < self._batch_max:
-                await asyncio.sleep(self._wait_s)
-            while self._queue or self._broadcast:
-                batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
-                marks, self._broadcast = list(self._broadcast), set()
-                try:
-                    results = await self._write([tip for tip, _ in batch], marks)
-                except Exception as exc:
-                    log.exception("writing %d stream tip records failed", len(batch))
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for tip, future in batch:
-                    if not future.done():
-                        future.set_result(results[tip.tip_id])
-            if self._closing:
-                return
+    async def _write(self, tips: list[StreamTip]) -> list[Recorded]:
+        """One batch (the writer's `write`): the tips queued and the marks noted since the last one."""
+        marks, self._broadcast = list(self._broadcast), set()
+        try:
+            recorded = await self._write_batch(tips, marks)
+        except Exception:
+            log.exception("writing %d stream tip records failed", len(tips))
+            raise
+        return [recorded[tip.tip_id] for tip in tips]
 
-    async def _write(self, tips: list[StreamTip], marks: list[uuid.UUID]) -> dict[uuid.UUID, Recorded]:
+    async def _write_batch(self, tips: list[StreamTip], marks: list[uuid.UUID]) -> dict[uuid.UUID, Recorded]:
         unique = list({t.tip_id: t for t in tips}.values())
         async with self._pool.acquire() as conn, conn.transaction():
             if marks:
@@ -178,6 +173,16 @@ class TipRecorder:
             pending = {r["tip_id"] for r in await conn.fetch(_UNBROADCAST, [t.tip_id for t in unique])}
         return {t.tip_id: Recorded(totals.get(t.stream_id, 0), tops.get(t.stream_id, []), t.tip_id in pending)
                 for t in unique}
+
+
+def _caller_error(error: Exception) -> Exception:
+    """What each caller of a failed batch gets: what the database raised, as before the writer
+    existed; the writer's own refusals as the recorder's."""
+    if isinstance(error, WriterClosed):
+        return RecorderUnavailable("the tip recorder closed before writing this record")
+    if isinstance(error, WriterInterrupted):
+        return RecorderUnavailable("the tip recorder stopped while writing this record")
+    return error
 
 
 def _columns(tips: list[StreamTip]) -> list[list[Any]]:

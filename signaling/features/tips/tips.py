@@ -35,7 +35,7 @@ from signaling.core import keys as socket_keys
 from signaling.features.chat.chat import clean_text
 from signaling.features.rooms import access as rooms
 from signaling.features.streams import streams
-from signaling.features.tips.recorder import TIPS, RecorderFull, StreamTip
+from signaling.features.tips.recorder import TIPS, RecorderUnavailable, StreamTip
 
 # The schema's own cap; `tip_message_max_chars` (at most 1000) is checked after cleaning.
 SCHEMA_MESSAGE_MAX = 1000
@@ -132,7 +132,7 @@ async def _announce(app: web.Application, tip: StreamTip, from_name: str) -> dic
     recorder = app[TIPS]
     try:
         recorded = await recorder.record(tip)
-    except (RecorderFull, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except (RecorderUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise _applied_but(exc) from None
     out: dict[str, Any] = {"stream_total": recorded.stream_total, "top_tippers": recorded.top_tippers}
     if recorded.needs_broadcast:
