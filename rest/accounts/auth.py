@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from rest.accounts.user_fields import Country, DateOfBirth, DisplayName, Email, Username
-from rest.framework.responses import json_response, ok
+from rest.framework.responses import document, ok
 from rest.framework.router import Call, Router
 from rest.framework.schema import Schema
 from server.accounts import sessions, users
@@ -144,4 +144,4 @@ async def me(call: Call[None]) -> web.StreamResponse:
 @router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)",
             auth="public", rate="none")
 async def jwks(call: Call[None]) -> web.StreamResponse:
-    return json_response(token_service(call.app).jwks(), headers={"Cache-Control": "public, max-age=60"})
+    return document(token_service(call.app).jwks(), headers={"Cache-Control": "public, max-age=60"})

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rest.framework.responses import dumps
+from rest.framework.responses import error, replay
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity
@@ -50,13 +50,14 @@ async def run_idempotent(request: web.Request, identity: Identity | None,
             raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used with a different request")
         if prior["status"] is None:
             raise ApiError(ErrorCode.CONFLICT, "a request with this Idempotency-Key is still in progress")
-        return web.Response(body=bytes(prior["body"]), status=prior["status"], content_type="application/json",
-                            headers={"Idempotent-Replayed": "true"})
+        return replay(prior["status"], bytes(prior["body"]))
     try:
         response = await handler()
     except ApiError as exc:
         if exc.status < 500:
-            await _store(db, scope, key, exc.status, dumps(exc.body()))
+            body = error(exc).body
+            assert isinstance(body, bytes)
+            await _store(db, scope, key, exc.status, body)
         else:
             await _forget(db, scope, key)
         raise

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from rest.framework.responses import error_schema, ok_schema
 from rest.framework.router import Route, Router
 from server import __version__
 from server.kernel.errors import ErrorCode
@@ -16,21 +17,7 @@ from server.kernel.errors import ErrorCode
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 REF = "#/components/schemas/{model}"
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string", "enum": sorted(c.value for c in ErrorCode)},
-                "message": {"type": "string"},
-                "details": {"type": "object"},
-            },
-        }
-    },
-}
+ERROR_SCHEMA = error_schema(sorted(c.value for c in ErrorCode))
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -44,8 +31,7 @@ def _success(route: Route) -> dict[str, Any]:
         data = {"$ref": REF.format(model=route.response.__name__)}
         if route.list_response:
             data = {"type": "array", "items": data}
-    schema = {"type": "object", "properties": {"data": data, "meta": {"type": "object"}}}
-    return {"description": "success", "content": {"application/json": {"schema": schema}}}
+    return {"description": "success", "content": {"application/json": {"schema": ok_schema(data)}}}
 
 
 def _query_params(route: Route) -> list[dict[str, Any]]:

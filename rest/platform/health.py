@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from rest.framework.responses import ok
+from rest.framework.responses import ok, text
 from rest.framework.router import Call, Router
 from server import __version__
 from server.kernel import keys
@@ -120,7 +120,7 @@ async def monitoring_health(call: Call[None]) -> web.StreamResponse:
             auth="public", rate="none")
 async def metrics(call: Call[None]) -> web.StreamResponse:
     body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return text(body, content_type)
 
 
 @router.get("/v1/status", summary="Version, uptime, mode and live counts of the worker that answers",
