@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field, StrictInt
@@ -11,15 +10,16 @@ from pydantic import BaseModel, Field, StrictInt
 from ledger.flows.payouts import Status
 from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
 from server.commerce import wallet
-from server.kernel.errors import not_found
 
 router = Router("payouts")
 
 NOTE_MAX = 500
+PAYOUT = {"id": uuid_param("payout request")}
 
 
 class PayoutIn(Schema):
@@ -67,19 +67,12 @@ async def list_requests(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/admin/payouts/{id}/approve", summary="Approve a pending payout request (its tokens leave)",
-             body=DecisionIn, response=PayoutOut, roles=("admin",))
+             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",))
 async def approve(call: Call[DecisionIn]) -> web.StreamResponse:
-    return ok(await wallet.decide_payout(call.app, call.user, _id(call), approve=True, note=call.body.note))
+    return ok(await wallet.decide_payout(call.app, call.user, call.path.uuid("id"), approve=True, note=call.body.note))
 
 
 @router.post("/v1/admin/payouts/{id}/reject", summary="Reject a pending payout request (its tokens return)",
-             body=DecisionIn, response=PayoutOut, roles=("admin",))
+             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",))
 async def reject(call: Call[DecisionIn]) -> web.StreamResponse:
-    return ok(await wallet.decide_payout(call.app, call.user, _id(call), approve=False, note=call.body.note))
-
-
-def _id(call: Call[Any]) -> uuid.UUID:
-    try:
-        return uuid.UUID(call.param("id"))
-    except ValueError:
-        raise not_found("payout request") from None
+    return ok(await wallet.decide_payout(call.app, call.user, call.path.uuid("id"), approve=False, note=call.body.note))

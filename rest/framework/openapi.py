@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from rest.framework.params import PLACEHOLDER, placeholders
 from rest.framework.responses import error_schema, ok_schema
 from rest.framework.router import Route, Router
 from server import __version__
 from server.kernel.errors import ErrorCode
 
-_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 REF = "#/components/schemas/{model}"
 
 ERROR_SCHEMA = error_schema(sorted(c.value for c in ErrorCode))
@@ -49,8 +48,9 @@ def _operation(route: Route) -> dict[str, Any]:
         "tags": list(route.tags),
         "operationId": f"{route.method.lower()}_{route.handler.__name__}_{route.tags[0]}",
     }
-    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-              for p in _PARAM.findall(route.path)]
+    params = [{"name": name, "in": "path", "required": True, "schema": route.params[name].schema,
+               "description": f"Names a {route.params[name].names}; one that does not parse is 404 NOT_FOUND."}
+              for name in placeholders(route.path)]
     params += _query_params(route)
     if route.idempotent:
         params.append({"name": "Idempotency-Key", "in": "header", "required": False,
@@ -74,7 +74,7 @@ def _operation(route: Route) -> dict[str, Any]:
             responses["403"] = _error(f"caller is not one of: {', '.join(route.roles)}")
     elif route.auth == "optional":
         op["security"] = [{"bearerAuth": []}, {}]
-    if _PARAM.search(route.path):
+    if route.params:
         responses["404"] = _error("not found")
     if route.rate != "none":
         responses["429"] = _error("rate limit exceeded")
@@ -94,7 +94,7 @@ def build_openapi(routers: Sequence[Router]) -> dict[str, Any]:
     schemas["Error"] = ERROR_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
-        path = _PARAM.sub(lambda m: "{" + m.group(1) + "}", r.path)
+        path = PLACEHOLDER.sub(lambda m: "{" + m.group(1) + "}", r.path)
         paths.setdefault(path, {})[r.method.lower()] = _operation(r)
     return {
         "openapi": "3.1.0",

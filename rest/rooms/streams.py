@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
+from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
-from server.kernel.errors import not_found
 from signaling.features.rooms import access as rooms
 from signaling.features.streams import streams
 
@@ -154,11 +154,8 @@ class BanListItem(BanOut):
     created_at: str
 
 
-def _id(call: Call[Any], name: str = "id") -> uuid.UUID:
-    try:
-        return uuid.UUID(call.param(name))
-    except ValueError:
-        raise not_found("stream" if name == "id" else "user") from None
+STREAM = {"id": uuid_param("stream")}
+STREAM_USER = {"id": uuid_param("stream"), "user_id": uuid_param("user")}
 
 
 @router.post("/v1/streams", summary="Create a stream (and its room) as a performer", body=StreamCreate,
@@ -180,83 +177,83 @@ async def list_streams(call: Call[None]) -> web.StreamResponse:
     return ok(page.items, meta=page_meta(q.page, q.per_page, page.total))
 
 
-@router.get("/v1/streams/{id}", summary="A stream's details", response=StreamOut, auth="optional")
+@router.get("/v1/streams/{id}", params=STREAM, summary="A stream's details", response=StreamOut, auth="optional")
 async def get_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.get_stream(call.app, _id(call), call.identity))
+    return ok(await streams.get_stream(call.app, call.path.uuid("id"), call.identity))
 
 
 @router.patch("/v1/streams/{id}", summary="Edit a stream (host or admin)", body=StreamPatch,
-              response=StreamOut, rate="streaming")
+              params=STREAM, response=StreamOut, rate="streaming")
 async def patch_stream(call: Call[StreamPatch]) -> web.StreamResponse:
-    return ok(await streams.update_stream(call.app, call.user, _id(call), call.body.changes()))
+    return ok(await streams.update_stream(call.app, call.user, call.path.uuid("id"), call.body.changes()))
 
 
 @router.delete("/v1/streams/{id}", summary="End a stream (host or admin); ending an ended stream is a no-op",
-               response=StreamOut, rate="streaming")
+               params=STREAM, response=StreamOut, rate="streaming")
 async def delete_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.end_stream(call.app, call.user, _id(call), already_ended_ok=True))
+    return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id"), already_ended_ok=True))
 
 
 @router.post("/v1/streams/{id}/start", summary="Go live (host); publishes `stream.started` to the room",
-             response=StreamOut, rate="streaming")
+             params=STREAM, response=StreamOut, rate="streaming")
 async def start_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.start_stream(call.app, call.user, _id(call)))
+    return ok(await streams.start_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/end", summary="End the stream (host or admin); publishes `stream.ended`",
-             response=StreamOut, rate="streaming")
+             params=STREAM, response=StreamOut, rate="streaming")
 async def end_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.end_stream(call.app, call.user, _id(call)))
+    return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/join", summary="What a client needs to join the stream's room over `/ws`",
-             response=JoinOut, auth="optional")
+             params=STREAM, response=JoinOut, auth="optional")
 async def join_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.join_stream(call.app, call.identity, _id(call)))
+    return ok(await streams.join_stream(call.app, call.identity, call.path.uuid("id")))
 
 
 @router.get("/v1/streams/{id}/viewers", summary="How many are watching; the host and staff also see who",
-            query=PageQuery, response=ViewersOut, auth="optional")
+            params=STREAM, query=PageQuery, response=ViewersOut, auth="optional")
 async def stream_viewers(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
-    data, total = await streams.viewers(call.app, call.identity, _id(call), page=q.page, per_page=q.per_page)
+    data, total = await streams.viewers(call.app, call.identity, call.path.uuid("id"), page=q.page, per_page=q.per_page)
     meta = page_meta(q.page, q.per_page, total) if data["viewers"] is not None else {}
     return ok(data, meta=meta)
 
 
 @router.post("/v1/streams/{id}/moderators", summary="Appoint a room moderator (host or admin)", body=UserRef,
-             response=RoleOut, status=201, rate="streaming")
+             params=STREAM, response=RoleOut, status=201, rate="streaming")
 async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await rooms.add_moderator(call.app, call.user, room, call.body.user_id), status=201)
 
 
 @router.delete("/v1/streams/{id}/moderators/{user_id}", summary="Dismiss a room moderator (host or admin)",
-               response=RoleOut, rate="streaming")
+               params=STREAM_USER, response=RoleOut, rate="streaming")
 async def remove_moderator(call: Call[None]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
-    return ok(await rooms.remove_moderator(call.app, call.user, room, _id(call, "user_id")))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
+    return ok(await rooms.remove_moderator(call.app, call.user, room, call.path.uuid("user_id")))
 
 
 @router.get("/v1/streams/{id}/bans", summary="Active bans in the stream's room (host, moderators, admins)",
-            query=PageQuery, response=BanListItem, list_response=True, rate="streaming")
+            params=STREAM, query=PageQuery, response=BanListItem, list_response=True, rate="streaming")
 async def list_bans(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
-    room = await streams.stream_room(call.app, call.user, _id(call))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     items, total = await rooms.list_bans(call.app, call.user, room, q.page, q.per_page)
     return ok(items, meta=page_meta(q.page, q.per_page, total))
 
 
 @router.post("/v1/streams/{id}/bans", summary="Ban a user from the stream's room and remove them at once",
-             body=BanIn, response=BanOut, status=201, rate="streaming")
+             params=STREAM, body=BanIn, response=BanOut, status=201, rate="streaming")
 async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     b = call.body
     return ok(await rooms.ban(call.app, call.user, room, b.user_id, b.reason.strip(), b.duration_s), status=201)
 
 
 @router.delete("/v1/streams/{id}/bans/{user_id}", summary="Lift a ban (host, moderators, admins)",
-               rate="streaming")
+               params=STREAM_USER, rate="streaming")
 async def unban_user(call: Call[None]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
-    return ok(await rooms.unban(call.app, call.user, room, _id(call, "user_id")))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
+    return ok(await rooms.unban(call.app, call.user, room, call.path.uuid("user_id")))

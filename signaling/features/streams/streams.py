@@ -45,14 +45,6 @@ class Page:
     total: int
 
 
-def parse_id(raw: str) -> uuid.UUID:
-    """A path id; anything that is not a UUID names no stream (404, not a validation error)."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise not_found("stream") from None
-
-
 def room_of(stream_id: uuid.UUID) -> str:
     return rooms.room_name("stream", stream_id)
 
