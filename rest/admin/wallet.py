@@ -8,8 +8,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from ledger.flows.grants import REASON_MAX_CHARS
-from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.idempotency import idempotent_id
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
 from rest.framework.schema import Schema
@@ -62,8 +62,7 @@ class AuditOut(BaseModel):
              body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True)
 async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
     b = call.body
-    key = call.request.headers.get("Idempotency-Key", "").strip()
-    adjustment_id = b.id or (derived_id("adjust", call.user.user_id, key) if key else uuid.uuid4())
+    adjustment_id = b.id or idempotent_id(call, "adjust")
     return ok(await wallet.adjust(call.app, call.user, user_id=b.user_id, amount=b.amount, reason=b.reason,
                                   adjustment_id=adjustment_id))
 

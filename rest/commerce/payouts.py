@@ -8,8 +8,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field, StrictInt
 
 from ledger.flows.payouts import Status
-from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.idempotency import idempotent_id
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
@@ -51,8 +51,7 @@ class DecisionIn(Schema):
 @router.post("/v1/payouts/request", summary="Request a payout of earnings (held until an admin decides)",
              body=PayoutIn, response=PayoutOut, status=201, roles=("performer",), rate="payments", idempotent=True)
 async def request(call: Call[PayoutIn]) -> web.StreamResponse:
-    key = call.request.headers.get("Idempotency-Key", "").strip()
-    payout_id = call.body.id or (derived_id("payout", call.user.user_id, key) if key else uuid.uuid4())
+    payout_id = call.body.id or idempotent_id(call, "payout")
     payout, new = await wallet.request_user_payout(call.app, call.user, call.body.amount, payout_id)
     return ok(payout, status=201 if new else 200)
 

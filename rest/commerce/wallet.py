@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt
 
 from ledger import Code
-from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.idempotency import idempotency_key, idempotent_id
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
@@ -117,7 +117,7 @@ async def list_transactions(call: Call[None]) -> web.StreamResponse:
              body=TransferIn, response=TipOut, status=201, rate="tips", idempotent=True)
 async def transfer(call: Call[TransferIn]) -> web.StreamResponse:
     b = call.body
-    tip_id = b.id or _derived(call, "tip")
+    tip_id = b.id or idempotent_id(call, "tip")
     result = await send_tip(call.app, call.user, tip_id=tip_id, amount=b.amount, message=b.message,
                             to_user_id=b.to_user_id, stream_id=b.stream_id)
     return ok(result, status=200 if result["replayed"] else 201)
@@ -132,12 +132,6 @@ async def list_packs(call: Call[None]) -> web.StreamResponse:
 @router.post("/v1/wallet/buy", summary="Start buying a token pack: a Stripe Checkout Session to pay on",
              body=BuyIn, response=BuyOut, status=201, rate="payments", idempotent=True)
 async def buy(call: Call[BuyIn]) -> web.StreamResponse:
-    key = call.request.headers.get("Idempotency-Key", "").strip() or None
-    return ok(await payments.start_purchase(call.app, call.user, call.body.pack_tokens, key), status=201)
-
-
-def _derived(call: Call[Any], kind: str) -> uuid.UUID:
-    """An id that a retry with the same Idempotency-Key reproduces (random without a key)."""
-    key = call.request.headers.get("Idempotency-Key", "").strip()
-    return derived_id(kind, call.user.user_id, key) if key else uuid.uuid4()
+    return ok(await payments.start_purchase(call.app, call.user, call.body.pack_tokens, idempotency_key(call.request)),
+              status=201)
 
