@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -15,7 +15,7 @@ from rest.framework.schema import Schema
 from server.accounts import sessions, users
 from server.accounts.tokens import token_service
 from server.kernel import keys
-from server.kernel.errors import ApiError, ErrorCode, forbidden
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.settings import Settings
 
 router = Router("auth")
@@ -55,13 +55,16 @@ class LogoutOut(BaseModel):
     logged_out: bool
 
 
+SelfRole = Literal["viewer", "performer"]
+assert get_args(SelfRole) == users.SELF_REGISTER_ROLES, "the schema offers exactly the roles register accepts"
+
+
 class RegisterBody(Schema):
     email: Email
     password: str = Field(max_length=PASSWORD_INPUT_MAX)
     display_name: DisplayName
     username: Username | None = None
-    role: Literal["viewer", "performer", "admin"] = Field(
-        "viewer", description="`admin` is refused here: admins are made by the CLI or another admin.")
+    role: SelfRole = Field("viewer", description="Admins are made by the CLI or by another admin.")
     country: Country | None = None
     date_of_birth: DateOfBirth | None = None
 
@@ -86,13 +89,10 @@ def token_json(settings: Settings, session: sessions.Session, user: users.User) 
              body=RegisterBody, response=TokenOut, status=201, auth="public", rate="auth")
 async def register(call: Call[RegisterBody]) -> web.StreamResponse:
     b = call.body
-    if b.role == "admin":
-        raise forbidden("admin accounts are created with the CLI or by an admin")
     settings = call.app[keys.SETTINGS]
     pool = call.app[keys.DB]
-    user = await users.create_user(pool, settings, email=b.email, password=b.password, display_name=b.display_name,
-                                   role=b.role, username=b.username, country=b.country,
-                                   date_of_birth=b.date_of_birth)
+    user = await users.register(pool, settings, email=b.email, password=b.password, display_name=b.display_name,
+                                role=b.role, username=b.username, country=b.country, date_of_birth=b.date_of_birth)
     session = await sessions.start_session(pool, token_service(call.app), user.id, user.role)
     return ok(token_json(settings, session, user), status=201)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -9,6 +11,19 @@ class Schema(BaseModel):
     """Base of every request schema: unknown fields are an error, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def not_null(schema: dict[str, Any]) -> None:
+    """`json_schema_extra` of a PATCH field that may be left out but not set to null (the domain
+    refuses null there): the document shows the field's type without the `null` branch."""
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        rest = [b for b in branches if b != {"type": "null"}]
+        if len(rest) == 1:
+            schema.update(rest[0])
+        else:
+            schema["anyOf"] = rest
+    schema.pop("default", None)
 
 
 PAGE_MAX = 10_000  # deep OFFSETs are slow: past this, narrow the filter (or follow a cursor where there is one)

@@ -6,74 +6,41 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
-from rest.framework.schema import PageQuery, Schema
+from rest.framework.schema import PageQuery, Schema, not_null
 from signaling.features.rooms import access as rooms
 from signaling.features.streams import streams
 
 router = Router("streams")
 
-TITLE_MAX = 200
-DESCRIPTION_MAX = 5000
-CATEGORY_MAX = 64
-TAGS_MAX = 20
-TAG_MAX = 32
 AccessIn = Literal["public", "ticket", "pass", "private"]
-
-
-def _title(v: str) -> str:
-    v = v.strip()
-    if not v:
-        raise ValueError("title cannot be blank")
-    return v
-
-
-def _category(v: str | None) -> str | None:
-    if v is None:
-        return None
-    v = v.strip().lower()
-    return v or None
-
-
-def _check_tags(v: list[str]) -> list[str]:
-    for tag in v:
-        if not tag.strip() or len(tag) > TAG_MAX:
-            raise ValueError(f"each tag must be 1-{TAG_MAX} non-blank characters")
-    return v
-
-
-Title = Annotated[str, Field(max_length=TITLE_MAX), AfterValidator(_title)]
-Category = Annotated[str, Field(max_length=CATEGORY_MAX), AfterValidator(_category)]
-Tags = Annotated[list[str], Field(max_length=TAGS_MAX), AfterValidator(_check_tags)]
+# Types and limits only: trimming, blank checks, lower-casing and de-duplication are the domain's
+# (`streams.checked_fields`), which every caller goes through.
+Tag = Annotated[str, Field(min_length=1, max_length=streams.TAG_MAX)]
 
 
 class StreamCreate(Schema):
-    title: Title
-    description: str = Field("", max_length=DESCRIPTION_MAX)
-    category: Category | None = None
-    tags: Tags = Field(default_factory=list)
+    title: str = Field(min_length=1, max_length=streams.TITLE_MAX, description="Trimmed; not blank.")
+    description: str = Field("", max_length=streams.DESCRIPTION_MAX)
+    category: str | None = Field(None, max_length=streams.CATEGORY_MAX,
+                                 description="Stored trimmed and lower-case; blank means none.")
+    tags: list[Tag] = Field(default_factory=list, max_length=streams.TAGS_MAX,
+                            description="Stored trimmed, lower-case, each once.")
     access: AccessIn = "public"
 
 
 class StreamPatch(Schema):
-    """Fields to change; absent fields stay, `null` clears `category`."""
+    """Fields to change; absent fields stay, `null` clears `category` (and is refused elsewhere)."""
 
-    title: Title | None = None
-    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
-    category: Category | None = None
-    tags: Tags | None = None
-    access: AccessIn | None = None
-
-    @field_validator("title", "description", "tags", "access")
-    @classmethod
-    def _not_null(cls, v: Any) -> Any:
-        if v is None:
-            raise ValueError("cannot be null")
-        return v
+    title: str | None = Field(None, min_length=1, max_length=streams.TITLE_MAX, json_schema_extra=not_null)
+    description: str | None = Field(None, max_length=streams.DESCRIPTION_MAX, json_schema_extra=not_null)
+    category: str | None = Field(None, max_length=streams.CATEGORY_MAX)
+    tags: list[Tag] | None = Field(None, max_length=streams.TAGS_MAX, json_schema_extra=not_null)
+    access: AccessIn | None = Field(None, json_schema_extra=not_null)
 
     def changes(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
@@ -81,7 +48,7 @@ class StreamPatch(Schema):
 
 class StreamQuery(PageQuery):
     status: Literal["created", "live", "ended", "all"] = "live"
-    category: str | None = Field(None, max_length=CATEGORY_MAX)
+    category: str | None = Field(None, max_length=streams.CATEGORY_MAX)
     host_id: uuid.UUID | None = None
     sort: Literal["-started_at", "started_at", "-created_at", "created_at", "-total_tokens_received",
                   "title"] = "-started_at"
@@ -133,7 +100,7 @@ class UserRef(Schema):
 
 class BanIn(Schema):
     user_id: uuid.UUID
-    reason: str = Field("", max_length=500)
+    reason: str = Field("", max_length=rooms.BAN_REASON_MAX, description="Trimmed.")
     duration_s: int | None = Field(None, ge=1, description="Omit for a permanent ban.")
 
 
@@ -172,7 +139,7 @@ async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
 async def list_streams(call: Call[None]) -> web.StreamResponse:
     q: StreamQuery = call.query
     page = await streams.list_streams(call.app, call.identity, status=None if q.status == "all" else q.status,
-                                      category=_category(q.category), host_id=q.host_id, sort=q.sort,
+                                      category=q.category, host_id=q.host_id, sort=q.sort,
                                       page=q.page, per_page=q.per_page)
     return ok(page.items, meta=page_meta(q.page, q.per_page, page.total))
 
@@ -249,7 +216,7 @@ async def list_bans(call: Call[None]) -> web.StreamResponse:
 async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     b = call.body
-    return ok(await rooms.ban(call.app, call.user, room, b.user_id, b.reason.strip(), b.duration_s), status=201)
+    return ok(await rooms.ban(call.app, call.user, room, b.user_id, b.reason, b.duration_s), status=201)
 
 
 @router.delete("/v1/streams/{id}/bans/{user_id}", summary="Lift a ban (host, moderators, admins)",

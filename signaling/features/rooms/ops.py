@@ -16,7 +16,7 @@ from signaling.core.protocol import OpContext, OpData, op
 from signaling.features.chat.chat import UUID_PATTERN
 from signaling.features.rooms import access as rooms
 
-REASON_MAX_CHARS = 500
+REASON_MAX_CHARS = rooms.BAN_REASON_MAX
 
 
 class Target(OpData):
