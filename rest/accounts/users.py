@@ -16,6 +16,7 @@ from rest.framework.schema import Schema
 from server.accounts import users
 from server.accounts.tokens import token_service
 from server.kernel import keys
+from server.kernel.errors import ErrorCode
 
 router = Router("users")
 
@@ -68,7 +69,8 @@ USER = {"id": uuid_param("user")}
 
 
 @router.patch("/v1/me", summary="Change the caller's profile (display name, bio, avatar URL, ...)",
-              body=UserPatch, response=UserOut)
+              body=UserPatch, response=UserOut,
+              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT))
 async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
     user = await users.update_user(call.app[keys.DB], call.user, call.user.user_id, call.body.changes(),
                                    token_service(call.app))
@@ -83,7 +85,8 @@ async def get_user(call: Call[None]) -> web.StreamResponse:
 
 
 @router.patch("/v1/users/{id}", summary="Change a profile (own, or any as admin; admins set role and status)",
-              params=USER, body=UserPatch, response=PublicUserOut)
+              params=USER, body=UserPatch, response=PublicUserOut,
+              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
     user = await users.update_user(call.app[keys.DB], call.user, call.path.uuid("id"), call.body.changes(),
                                    token_service(call.app))
@@ -91,14 +94,14 @@ async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
 
 
 @router.get("/v1/users/{id}/preferences", summary="A user's preferences (own, or any as admin)",
-            params=USER, response=Preferences)
+            params=USER, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,))
 async def get_preferences(call: Call[None]) -> web.StreamResponse:
     prefs = await users.get_preferences(call.app[keys.DB], call.user, call.path.uuid("id"))
     return ok(prefs)
 
 
 @router.patch("/v1/users/{id}/preferences", summary="Merge changes into a user's preferences (RFC 7386)",
-              params=USER, body=Preferences, response=Preferences)
+              params=USER, body=Preferences, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,))
 async def patch_preferences(call: Call[Preferences]) -> web.StreamResponse:
     prefs = await users.update_preferences(call.app[keys.DB], call.app[keys.SETTINGS], call.user,
                                            call.path.uuid("id"), call.body.root)

@@ -12,15 +12,19 @@ from ledger.model import INT64_MAX
 from rest.framework.idempotency import idempotent_id
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
-from rest.framework.schema import Schema
+from rest.framework.schema import Schema, from_settings
 from server.commerce import wallet
+from server.commerce.ledger_errors import LEDGER_ERRORS
+from server.kernel.errors import ErrorCode
 
 router = Router("admin")
 
 
 class AdjustIn(Schema):
     user_id: uuid.UUID
-    amount: StrictInt = Field(ge=-INT64_MAX, le=INT64_MAX, description="> 0 grants, < 0 takes back.")
+    amount: StrictInt = Field(ge=-INT64_MAX, le=INT64_MAX, description="> 0 grants, < 0 takes back; never 0.",
+                              json_schema_extra={"not": {"const": 0}, **from_settings(
+                                  minimum="-admin_adjust_max_tokens", maximum="admin_adjust_max_tokens")})
     reason: str = Field(min_length=1, max_length=REASON_MAX_CHARS)
     id: uuid.UUID | None = Field(None, description="Adjustment id; default: derived from Idempotency-Key, else random.")
 
@@ -59,7 +63,8 @@ class AuditOut(BaseModel):
 
 
 @router.post("/v1/admin/wallet/adjust", summary="Grant (from promotions) or take back tokens; audited",
-             body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True)
+             body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True,
+             errors=(ErrorCode.NOT_FOUND, *LEDGER_ERRORS))
 async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
     b = call.body
     adjustment_id = b.id or idempotent_id(call, "adjust")

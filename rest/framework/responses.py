@@ -89,6 +89,11 @@ def error_schema(codes: list[str]) -> dict[str, Any]:
     }
 
 
+def error_schema_of(base: dict[str, Any], codes: list[str]) -> dict[str, Any]:
+    """`base` (a reference to `error_schema`) narrowed to the codes one status of one route carries."""
+    return {"allOf": [base, {"properties": {"error": {"properties": {"code": {"enum": codes}}}}}]}
+
+
 def replay(status: int, body: bytes) -> web.Response:
     """A stored answer sent again verbatim (an idempotent retry): it was shaped here the first time."""
     return web.Response(body=body, status=status, content_type=JSON, headers={"Idempotent-Replayed": "true"})

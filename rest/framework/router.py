@@ -65,6 +65,10 @@ class Route:
     list_response: bool
     raw_body: bool
     params: Mapping[str, PathParam]
+    errors: frozenset[ErrorCode]
+    other_statuses: tuple[int, ...]
+    envelope: bool
+    produces: tuple[str, ...]
 
 
 @dataclass
@@ -78,8 +82,17 @@ class Router:
               query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               status: int = 200, auth: AuthMode = "user", roles: Sequence[Role] = (),
               rate: Category = "general", idempotent: bool = False, list_response: bool = False,
-              raw_body: bool = False, params: Mapping[str, PathParam] | None = None) -> Callable[[Handler], Handler]:
+              raw_body: bool = False, params: Mapping[str, PathParam] | None = None,
+              errors: Sequence[ErrorCode] = (), other_statuses: Sequence[int] = (), envelope: bool = True,
+              produces: Sequence[str] = ("application/json",)) -> Callable[[Handler], Handler]:
         """Declare a route. `roles` empty means any authenticated role (when auth='user').
+
+        `errors` are the codes the domain functions it calls can raise (and the code paths of the
+        handler itself); the framework's own (auth, roles, body, path, rate, idempotency, 500) are
+        added from the route's properties, and the OpenAPI document declares the lot.
+        `other_statuses` are further success statuses with the same body (200 for a replayed
+        create); `envelope=False` answers `response` as is (standard formats: JWKS, OpenAPI);
+        `produces` lists the media types of a non-JSON answer.
 
         `params` types every `{name}` of the path (`params.uuid_param`); handlers read them
         parsed from `call.path`, and one that does not parse is 404 before the body is read.
@@ -94,7 +107,8 @@ class Router:
         def decorate(handler: Handler) -> Handler:
             self.routes.append(Route(method.upper(), path, handler, summary, (self.tag,), body, query,
                                      response, status, auth, tuple(roles), rate, idempotent,
-                                     list_response, raw_body, declared))
+                                     list_response, raw_body, declared, frozenset(errors),
+                                     tuple(other_statuses), envelope, tuple(produces)))
             return handler
 
         return decorate
@@ -173,7 +187,8 @@ MOUNTED: web.AppKey[list[Router]] = web.AppKey("routers")
 
 
 def mount(app: web.Application, routers: Sequence[Router]) -> None:
-    app[MOUNTED] = list(routers)
+    """Add the routers' routes; a second call adds more (tests mount their own beside the app's)."""
+    app[MOUNTED] = [*app.get(MOUNTED, []), *routers]
     for router in routers:
         for route in router.routes:
             app.router.add_route(route.method, route.path, _wrap(route), name=None)

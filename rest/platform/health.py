@@ -23,6 +23,8 @@ from server.kernel import keys
 
 router = Router("monitoring")
 
+# The exposition formats the scraper may ask for (prometheus_client's choose_encoder).
+PROMETHEUS = ("text/plain", "application/openmetrics-text")
 ServiceState = Literal["healthy", "unhealthy", "disabled"]
 
 
@@ -105,19 +107,19 @@ async def _health(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none")
 async def health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/v1/monitoring/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none")
 async def monitoring_health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition)",
-            auth="public", rate="none")
+            auth="public", rate="none", produces=PROMETHEUS)
 async def metrics(call: Call[None]) -> web.StreamResponse:
     body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
     return text(body, content_type)

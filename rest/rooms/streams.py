@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
-from rest.framework.schema import PageQuery, Schema, not_null
+from rest.framework.schema import PageQuery, Schema, from_settings, not_null
+from server.kernel.errors import ErrorCode
 from signaling.features.rooms import access as rooms
 from signaling.features.streams import streams
 
@@ -101,7 +102,8 @@ class UserRef(Schema):
 class BanIn(Schema):
     user_id: uuid.UUID
     reason: str = Field("", max_length=rooms.BAN_REASON_MAX, description="Trimmed.")
-    duration_s: int | None = Field(None, ge=1, description="Omit for a permanent ban.")
+    duration_s: int | None = Field(None, ge=1, description="Omit for a permanent ban.",
+                                   json_schema_extra=from_settings(maximum="room_ban_max_s"))
 
 
 class RoleOut(BaseModel):
@@ -115,6 +117,11 @@ class BanOut(BaseModel):
     reason: str
 
 
+class UnbanOut(BaseModel):
+    user_id: str
+    unbanned: Literal[True]
+
+
 class BanListItem(BanOut):
     display_name: str
     banned_by: str | None
@@ -126,7 +133,8 @@ STREAM_USER = {"id": uuid_param("stream"), "user_id": uuid_param("user")}
 
 
 @router.post("/v1/streams", summary="Create a stream (and its room) as a performer", body=StreamCreate,
-             response=StreamOut, status=201, roles=("performer", "admin"), rate="streaming", idempotent=True)
+             response=StreamOut, status=201, roles=("performer", "admin"), rate="streaming", idempotent=True,
+             errors=(ErrorCode.CONFLICT,))
 async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
     b = call.body
     stream = await streams.create_stream(call.app, call.user, title=b.title, description=b.description,
@@ -150,31 +158,36 @@ async def get_stream(call: Call[None]) -> web.StreamResponse:
 
 
 @router.patch("/v1/streams/{id}", summary="Edit a stream (host or admin)", body=StreamPatch,
-              params=STREAM, response=StreamOut, rate="streaming")
+              params=STREAM, response=StreamOut, rate="streaming",
+              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def patch_stream(call: Call[StreamPatch]) -> web.StreamResponse:
     return ok(await streams.update_stream(call.app, call.user, call.path.uuid("id"), call.body.changes()))
 
 
 @router.delete("/v1/streams/{id}", summary="End a stream (host or admin); ending an ended stream is a no-op",
-               params=STREAM, response=StreamOut, rate="streaming")
+               params=STREAM, response=StreamOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
 async def delete_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id"), already_ended_ok=True))
 
 
 @router.post("/v1/streams/{id}/start", summary="Go live (host); publishes `stream.started` to the room",
-             params=STREAM, response=StreamOut, rate="streaming")
+             params=STREAM, response=StreamOut, rate="streaming",
+             errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def start_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.start_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/end", summary="End the stream (host or admin); publishes `stream.ended`",
-             params=STREAM, response=StreamOut, rate="streaming")
+             params=STREAM, response=StreamOut, rate="streaming",
+             errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def end_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/join", summary="What a client needs to join the stream's room over `/ws`",
-             params=STREAM, response=JoinOut, auth="optional")
+             params=STREAM, response=JoinOut, auth="optional",
+             # AUTHENTICATION_REQUIRED: the token's account no longer exists
+             errors=(ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.BANNED, ErrorCode.PERMISSION_DENIED))
 async def join_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.join_stream(call.app, call.identity, call.path.uuid("id")))
 
@@ -189,21 +202,23 @@ async def stream_viewers(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/streams/{id}/moderators", summary="Appoint a room moderator (host or admin)", body=UserRef,
-             params=STREAM, response=RoleOut, status=201, rate="streaming")
+             params=STREAM, response=RoleOut, status=201, rate="streaming",
+             errors=(ErrorCode.BAD_REQUEST, ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await rooms.add_moderator(call.app, call.user, room, call.body.user_id), status=201)
 
 
 @router.delete("/v1/streams/{id}/moderators/{user_id}", summary="Dismiss a room moderator (host or admin)",
-               params=STREAM_USER, response=RoleOut, rate="streaming")
+               params=STREAM_USER, response=RoleOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
 async def remove_moderator(call: Call[None]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await rooms.remove_moderator(call.app, call.user, room, call.path.uuid("user_id")))
 
 
 @router.get("/v1/streams/{id}/bans", summary="Active bans in the stream's room (host, moderators, admins)",
-            params=STREAM, query=PageQuery, response=BanListItem, list_response=True, rate="streaming")
+            params=STREAM, query=PageQuery, response=BanListItem, list_response=True, rate="streaming",
+            errors=(ErrorCode.PERMISSION_DENIED,))
 async def list_bans(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
@@ -212,7 +227,8 @@ async def list_bans(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/streams/{id}/bans", summary="Ban a user from the stream's room and remove them at once",
-             params=STREAM, body=BanIn, response=BanOut, status=201, rate="streaming")
+             params=STREAM, body=BanIn, response=BanOut, status=201, rate="streaming",
+             errors=(ErrorCode.BAD_REQUEST, ErrorCode.PERMISSION_DENIED))
 async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     b = call.body
@@ -220,7 +236,7 @@ async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
 
 
 @router.delete("/v1/streams/{id}/bans/{user_id}", summary="Lift a ban (host, moderators, admins)",
-               params=STREAM_USER, rate="streaming")
+               params=STREAM_USER, response=UnbanOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
 async def unban_user(call: Call[None]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await rooms.unban(call.app, call.user, room, call.path.uuid("user_id")))

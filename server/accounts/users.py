@@ -31,8 +31,10 @@ STATUSES: tuple[Status, ...] = get_args(Status)
 DB: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f.]+(\.[^@\s\x00-\x1f.]+)+$")
-_USERNAME = re.compile(r"^[A-Za-z0-9_]{3,32}$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+USERNAME_PATTERN = r"^[A-Za-z0-9_]{3,32}$"
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+_USERNAME = re.compile(USERNAME_PATTERN)
+_COUNTRY = re.compile(COUNTRY_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 EMAIL_MAX = 254
 DISPLAY_NAME_MAX = 100
