@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import orjson
+from aiohttp import web
 
 from rest.framework.responses import document, error, ok, replay, text
 from server.kernel.errors import ApiError, ErrorCode
@@ -14,26 +16,30 @@ ROOT = Path(__file__).resolve().parents[2]
 SHAPER = ROOT / "rest" / "framework" / "responses.py"
 
 
+def _json(resp: web.Response) -> Any:
+    assert isinstance(resp.body, bytes)
+    return orjson.loads(resp.body)
+
+
 def test_success_and_error_shapes() -> None:
     resp = ok([1, 2], status=201, meta={"page": 1})
     assert resp.status == 201 and resp.content_type == "application/json"
-    assert orjson.loads(resp.body) == {"data": [1, 2], "meta": {"page": 1}}
-    assert orjson.loads(ok(None).body) == {"data": None, "meta": {}}
+    assert _json(resp) == {"data": [1, 2], "meta": {"page": 1}}
+    assert _json(ok(None)) == {"data": None, "meta": {}}
 
     exc = ApiError(ErrorCode.CONFLICT, "taken", details={"field": "email"}, headers={"Retry-After": "1"})
     resp = error(exc, headers={"X-RateLimit-Limit": "5", "Retry-After": "9"})
     assert resp.status == 409
-    assert orjson.loads(resp.body) == {"error": {"code": "CONFLICT", "message": "taken",
-                                                 "details": {"field": "email"}}}
+    assert _json(resp) == {"error": {"code": "CONFLICT", "message": "taken", "details": {"field": "email"}}}
     # the error's own headers win over the extra ones
     assert resp.headers["Retry-After"] == "1" and resp.headers["X-RateLimit-Limit"] == "5"
     # no `details` key at all when there are none
-    assert orjson.loads(error(ApiError(ErrorCode.NOT_FOUND, "gone")).body) == {
+    assert _json(error(ApiError(ErrorCode.NOT_FOUND, "gone"))) == {
         "error": {"code": "NOT_FOUND", "message": "gone"}}
 
 
 def test_standard_formats_are_not_enveloped() -> None:
-    assert orjson.loads(document({"keys": []}).body) == {"keys": []}
+    assert _json(document({"keys": []})) == {"keys": []}
     resp = text(b"# HELP x\n", "text/plain; version=0.0.4; charset=utf-8")
     assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8" and resp.body == b"# HELP x\n"
     stored = b'{"data":1,"meta":{}}'
