@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.kernel.settings import Settings, load_settings
+from tests.support.openapi_check import checking_middleware
 from tests.support.services import PostgresForTests, RedisForTests
 
 _redis_dbs = itertools.count(1)
@@ -122,6 +123,20 @@ def make_app(dsn: str) -> Callable[[Settings], web.Application]:
         return app
 
     return make
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Callable[..., Any]:
+    """pytest-aiohttp's factory, whose clients check every answer against the app's OpenAPI document
+    (tests/support/openapi_check.py): a route that drifts from the document fails the test."""
+
+    async def go(app_or_server: Any, **kwargs: Any) -> TestClient:
+        if isinstance(app_or_server, web.Application):
+            kwargs["middlewares"] = (*kwargs.get("middlewares", ()), checking_middleware(app_or_server))
+        client: TestClient = await aiohttp_client(app_or_server, **kwargs)
+        return client
+
+    return go
 
 
 @pytest.fixture

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from rest.accounts.user_fields import Country, DateOfBirth, DisplayName, Email, Username
-from rest.framework.responses import json_response, ok
+from rest.framework.responses import document, ok
 from rest.framework.router import Call, Router
-from rest.framework.schema import Schema
+from rest.framework.schema import Schema, from_settings
 from server.accounts import sessions, users
 from server.accounts.tokens import token_service
 from server.kernel import keys
-from server.kernel.errors import ApiError, ErrorCode, forbidden
+from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.settings import Settings
 
 router = Router("auth")
@@ -55,13 +55,34 @@ class LogoutOut(BaseModel):
     logged_out: bool
 
 
+SelfRole = Literal["viewer", "performer"]
+assert get_args(SelfRole) == users.SELF_REGISTER_ROLES, "the schema offers exactly the roles register accepts"
+
+
+class Jwk(BaseModel):
+    """An Ed25519 public key (RFC 8037)."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    alg: Literal["EdDSA"]
+    use: Literal["sig"]
+
+
+class Jwks(BaseModel):
+    """A JSON Web Key Set (RFC 7517), served as is: not in the `{data}` envelope."""
+
+    keys: list[Jwk]
+
+
 class RegisterBody(Schema):
     email: Email
-    password: str = Field(max_length=PASSWORD_INPUT_MAX)
+    password: str = Field(max_length=PASSWORD_INPUT_MAX, json_schema_extra=from_settings(
+        minLength="password_min_chars", maxLength="password_max_chars"))
     display_name: DisplayName
     username: Username | None = None
-    role: Literal["viewer", "performer", "admin"] = Field(
-        "viewer", description="`admin` is refused here: admins are made by the CLI or another admin.")
+    role: SelfRole = Field("viewer", description="Admins are made by the CLI or by another admin.")
     country: Country | None = None
     date_of_birth: DateOfBirth | None = None
 
@@ -83,22 +104,21 @@ def token_json(settings: Settings, session: sessions.Session, user: users.User) 
 
 
 @router.post("/v1/auth/register", summary="Create an account (viewer or performer) and log in",
-             body=RegisterBody, response=TokenOut, status=201, auth="public", rate="auth")
+             body=RegisterBody, response=TokenOut, status=201, auth="public", rate="auth",
+             errors=(ErrorCode.CONFLICT, ErrorCode.OVERLOADED))
 async def register(call: Call[RegisterBody]) -> web.StreamResponse:
     b = call.body
-    if b.role == "admin":
-        raise forbidden("admin accounts are created with the CLI or by an admin")
     settings = call.app[keys.SETTINGS]
     pool = call.app[keys.DB]
-    user = await users.create_user(pool, settings, email=b.email, password=b.password, display_name=b.display_name,
-                                   role=b.role, username=b.username, country=b.country,
-                                   date_of_birth=b.date_of_birth)
+    user = await users.register(pool, settings, email=b.email, password=b.password, display_name=b.display_name,
+                                role=b.role, username=b.username, country=b.country, date_of_birth=b.date_of_birth)
     session = await sessions.start_session(pool, token_service(call.app), user.id, user.role)
     return ok(token_json(settings, session, user), status=201)
 
 
 @router.post("/v1/auth/login", summary="Exchange email and password for tokens",
-             body=LoginBody, response=TokenOut, auth="public", rate="auth")
+             body=LoginBody, response=TokenOut, auth="public", rate="auth",
+             errors=(ErrorCode.INVALID_CREDENTIALS, ErrorCode.ACCOUNT_DISABLED, ErrorCode.OVERLOADED))
 async def login(call: Call[LoginBody]) -> web.StreamResponse:
     settings = call.app[keys.SETTINGS]
     pool = call.app[keys.DB]
@@ -108,7 +128,8 @@ async def login(call: Call[LoginBody]) -> web.StreamResponse:
 
 
 @router.post("/v1/auth/refresh", summary="Spend a refresh token for a new token pair (rotation)",
-             body=RefreshBody, response=TokenOut, auth="public", rate="auth")
+             body=RefreshBody, response=TokenOut, auth="public", rate="auth",
+             errors=(ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED))
 async def refresh(call: Call[RefreshBody]) -> web.StreamResponse:
     pool = call.app[keys.DB]
     session = await sessions.refresh_session(pool, token_service(call.app), call.body.refresh_token)
@@ -142,6 +163,6 @@ async def me(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)",
-            auth="public", rate="none")
+            response=Jwks, envelope=False, auth="public", rate="none")
 async def jwks(call: Call[None]) -> web.StreamResponse:
-    return json_response(token_service(call.app).jwks(), headers={"Cache-Control": "public, max-age=60"})
+    return document(token_service(call.app).jwks(), headers={"Cache-Control": "public, max-age=60"})

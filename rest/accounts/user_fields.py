@@ -1,4 +1,8 @@
-"""Profile field types shared by the auth and users schemas: one rule per field, from `server.accounts.users`."""
+"""Profile field types shared by the auth and users schemas: one rule per field, from `server.accounts.users`.
+
+The rule runs in the domain check; `json_schema_extra` states it in the document (the display name
+is trimmed before its limit counts, so the raw input may be longer than the documented limit).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from pydantic import AfterValidator, Field
 from server.accounts import users
 
 Email = Annotated[str, Field(max_length=users.EMAIL_MAX), AfterValidator(users.check_email)]
-DisplayName = Annotated[str, Field(max_length=users.DISPLAY_NAME_MAX * 4), AfterValidator(users.check_display_name)]
-Username = Annotated[str, AfterValidator(users.check_username)]
+DisplayName = Annotated[str, Field(max_length=users.DISPLAY_NAME_MAX * 4, json_schema_extra={
+    "minLength": 1, "maxLength": users.DISPLAY_NAME_MAX}), AfterValidator(users.check_display_name)]
+Username = Annotated[str, Field(json_schema_extra={"pattern": users.USERNAME_PATTERN}),
+                     AfterValidator(users.check_username)]
 Bio = Annotated[str, Field(max_length=users.BIO_MAX), AfterValidator(users.check_bio)]
 Url = Annotated[str, Field(max_length=users.URL_MAX), AfterValidator(users.check_url)]
-Country = Annotated[str, AfterValidator(users.check_country)]
+Country = Annotated[str, Field(json_schema_extra={"pattern": users.COUNTRY_PATTERN}),
+                    AfterValidator(users.check_country)]
 DateOfBirth = Annotated[dt.date, AfterValidator(users.check_date_of_birth)]

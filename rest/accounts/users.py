@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Literal
 
 from aiohttp import web
@@ -10,13 +9,14 @@ from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
 
 from rest.accounts.auth import UserOut
 from rest.accounts.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
+from rest.framework.params import uuid_param
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
 from rest.framework.schema import Schema
 from server.accounts import users
 from server.accounts.tokens import token_service
 from server.kernel import keys
-from server.kernel.errors import not_found
+from server.kernel.errors import ErrorCode
 
 router = Router("users")
 
@@ -65,15 +65,12 @@ class Preferences(RootModel[dict[str, JsonValue]]):
     """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key)."""
 
 
-def _user_id(call: Call[Any]) -> uuid.UUID:
-    try:
-        return uuid.UUID(call.param("id"))
-    except ValueError:
-        raise not_found("user") from None
+USER = {"id": uuid_param("user")}
 
 
 @router.patch("/v1/me", summary="Change the caller's profile (display name, bio, avatar URL, ...)",
-              body=UserPatch, response=UserOut)
+              body=UserPatch, response=UserOut,
+              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT))
 async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
     user = await users.update_user(call.app[keys.DB], call.user, call.user.user_id, call.body.changes(),
                                    token_service(call.app))
@@ -81,30 +78,31 @@ async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
 
 
 @router.get("/v1/users/{id}", summary="A user's profile (public fields; owners and admins see all)",
-            response=PublicUserOut)
+            params=USER, response=PublicUserOut)
 async def get_user(call: Call[None]) -> web.StreamResponse:
-    user = await users.get_visible_user(call.app[keys.DB], call.user, _user_id(call))
+    user = await users.get_visible_user(call.app[keys.DB], call.user, call.path.uuid("id"))
     return ok(user.view_for(call.user))
 
 
 @router.patch("/v1/users/{id}", summary="Change a profile (own, or any as admin; admins set role and status)",
-              body=UserPatch, response=PublicUserOut)
+              params=USER, body=UserPatch, response=PublicUserOut,
+              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
-    user = await users.update_user(call.app[keys.DB], call.user, _user_id(call), call.body.changes(),
+    user = await users.update_user(call.app[keys.DB], call.user, call.path.uuid("id"), call.body.changes(),
                                    token_service(call.app))
     return ok(user.view_for(call.user))
 
 
 @router.get("/v1/users/{id}/preferences", summary="A user's preferences (own, or any as admin)",
-            response=Preferences)
+            params=USER, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,))
 async def get_preferences(call: Call[None]) -> web.StreamResponse:
-    prefs = await users.get_preferences(call.app[keys.DB], call.user, _user_id(call))
+    prefs = await users.get_preferences(call.app[keys.DB], call.user, call.path.uuid("id"))
     return ok(prefs)
 
 
 @router.patch("/v1/users/{id}/preferences", summary="Merge changes into a user's preferences (RFC 7386)",
-              body=Preferences, response=Preferences)
+              params=USER, body=Preferences, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,))
 async def patch_preferences(call: Call[Preferences]) -> web.StreamResponse:
     prefs = await users.update_preferences(call.app[keys.DB], call.app[keys.SETTINGS], call.user,
-                                           _user_id(call), call.body.root)
+                                           call.path.uuid("id"), call.body.root)
     return ok(prefs)

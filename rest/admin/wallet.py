@@ -8,12 +8,14 @@ from aiohttp import web
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from ledger.flows.grants import REASON_MAX_CHARS
-from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.idempotency import idempotent_id
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
-from rest.framework.schema import Schema
+from rest.framework.schema import Schema, from_settings
 from server.commerce import wallet
+from server.commerce.ledger_errors import LEDGER_ERRORS
+from server.kernel.errors import ErrorCode
 from signaling.features.tips import audit as tips_audit
 
 router = Router("admin")
@@ -21,7 +23,9 @@ router = Router("admin")
 
 class AdjustIn(Schema):
     user_id: uuid.UUID
-    amount: StrictInt = Field(ge=-INT64_MAX, le=INT64_MAX, description="> 0 grants, < 0 takes back.")
+    amount: StrictInt = Field(ge=-INT64_MAX, le=INT64_MAX, description="> 0 grants, < 0 takes back; never 0.",
+                              json_schema_extra={"not": {"const": 0}, **from_settings(
+                                  minimum="-admin_adjust_max_tokens", maximum="admin_adjust_max_tokens")})
     reason: str = Field(min_length=1, max_length=REASON_MAX_CHARS)
     id: uuid.UUID | None = Field(None, description="Adjustment id; default: derived from Idempotency-Key, else random.")
 
@@ -60,11 +64,11 @@ class AuditOut(BaseModel):
 
 
 @router.post("/v1/admin/wallet/adjust", summary="Grant (from promotions) or take back tokens; audited",
-             body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True)
+             body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True,
+             errors=(ErrorCode.NOT_FOUND, *LEDGER_ERRORS))
 async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
     b = call.body
-    key = call.request.headers.get("Idempotency-Key", "").strip()
-    adjustment_id = b.id or (derived_id("adjust", call.user.user_id, key) if key else uuid.uuid4())
+    adjustment_id = b.id or idempotent_id(call, "adjust")
     return ok(await wallet.adjust(call.app, call.user, user_id=b.user_id, amount=b.amount, reason=b.reason,
                                   adjustment_id=adjustment_id))
 

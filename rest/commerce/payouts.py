@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field, StrictInt
 
 from ledger.flows.payouts import Status
-from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.idempotency import idempotent_id
+from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
-from rest.framework.schema import PageQuery, Schema
+from rest.framework.schema import PageQuery, Schema, from_settings
 from server.commerce import wallet
-from server.kernel.errors import not_found
+from server.commerce.ledger_errors import LEDGER_ERRORS
+from server.kernel.errors import ErrorCode
 
 router = Router("payouts")
 
 NOTE_MAX = 500
+PAYOUT = {"id": uuid_param("payout request")}
 
 
 class PayoutIn(Schema):
-    amount: StrictInt = Field(ge=1, le=INT64_MAX)
+    amount: StrictInt = Field(ge=1, le=INT64_MAX, json_schema_extra=from_settings(minimum="payout_min_tokens"))
     id: uuid.UUID | None = Field(None, description="Request id; default: derived from Idempotency-Key, else random.")
 
 
@@ -49,16 +51,16 @@ class DecisionIn(Schema):
 
 
 @router.post("/v1/payouts/request", summary="Request a payout of earnings (held until an admin decides)",
-             body=PayoutIn, response=PayoutOut, status=201, roles=("performer",), rate="payments", idempotent=True)
+             body=PayoutIn, response=PayoutOut, status=201, other_statuses=(200,), roles=("performer",),
+             rate="payments", idempotent=True, errors=(ErrorCode.WALLET_RESTRICTED, *LEDGER_ERRORS))
 async def request(call: Call[PayoutIn]) -> web.StreamResponse:
-    key = call.request.headers.get("Idempotency-Key", "").strip()
-    payout_id = call.body.id or (derived_id("payout", call.user.user_id, key) if key else uuid.uuid4())
+    payout_id = call.body.id or idempotent_id(call, "payout")
     payout, new = await wallet.request_user_payout(call.app, call.user, call.body.amount, payout_id)
     return ok(payout, status=201 if new else 200)
 
 
 @router.get("/v1/payouts/requests", summary="Payout requests: your own; admins see all (filter by user, status)",
-            query=PayoutQuery, response=PayoutOut, list_response=True)
+            query=PayoutQuery, response=PayoutOut, list_response=True, errors=(ErrorCode.PERMISSION_DENIED,))
 async def list_requests(call: Call[None]) -> web.StreamResponse:
     q: PayoutQuery = call.query
     items, total = await wallet.payouts_page(call.app, call.user, user_id=q.user_id, status=q.status, page=q.page,
@@ -67,19 +69,12 @@ async def list_requests(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/admin/payouts/{id}/approve", summary="Approve a pending payout request (its tokens leave)",
-             body=DecisionIn, response=PayoutOut, roles=("admin",))
+             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",), errors=LEDGER_ERRORS)
 async def approve(call: Call[DecisionIn]) -> web.StreamResponse:
-    return ok(await wallet.decide_payout(call.app, call.user, _id(call), approve=True, note=call.body.note))
+    return ok(await wallet.decide_payout(call.app, call.user, call.path.uuid("id"), approve=True, note=call.body.note))
 
 
 @router.post("/v1/admin/payouts/{id}/reject", summary="Reject a pending payout request (its tokens return)",
-             body=DecisionIn, response=PayoutOut, roles=("admin",))
+             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",), errors=LEDGER_ERRORS)
 async def reject(call: Call[DecisionIn]) -> web.StreamResponse:
-    return ok(await wallet.decide_payout(call.app, call.user, _id(call), approve=False, note=call.body.note))
-
-
-def _id(call: Call[Any]) -> uuid.UUID:
-    try:
-        return uuid.UUID(call.param("id"))
-    except ValueError:
-        raise not_found("payout request") from None
+    return ok(await wallet.decide_payout(call.app, call.user, call.path.uuid("id"), approve=False, note=call.body.note))

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt
 
 from ledger import Code
-from ledger.ids import derived_id
 from ledger.model import INT64_MAX
+from rest.framework.idempotency import idempotency_key, idempotent_id
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
-from rest.framework.schema import PageQuery, Schema
+from rest.framework.schema import PageQuery, Schema, from_settings
 from server.commerce import payments, wallet
+from server.commerce.ledger_errors import LEDGER_ERRORS
 from server.kernel import keys
+from server.kernel.errors import ErrorCode
 from signaling.features.tips.tips import SCHEMA_MESSAGE_MAX, send_tip
 
 router = Router("wallet")
@@ -61,8 +63,9 @@ class TransactionOut(BaseModel):
 
 class TransferIn(Schema):
     to_user_id: uuid.UUID
-    amount: StrictInt = Field(ge=1, le=INT64_MAX)
-    message: str = Field("", max_length=SCHEMA_MESSAGE_MAX)
+    amount: StrictInt = Field(ge=1, le=INT64_MAX, json_schema_extra=from_settings(maximum="tip_max_tokens"))
+    message: str = Field("", max_length=SCHEMA_MESSAGE_MAX,
+                         json_schema_extra=from_settings(maxLength="tip_message_max_chars"))
     id: uuid.UUID | None = Field(None, description="Tip id; default: derived from Idempotency-Key, else random.")
     stream_id: uuid.UUID | None = Field(None, description="Credit the tip to this live stream of the performer.")
 
@@ -80,7 +83,8 @@ class TipOut(BaseModel):
 
 
 class BuyIn(Schema):
-    pack_tokens: StrictInt = Field(ge=1, le=INT64_MAX)
+    pack_tokens: StrictInt = Field(ge=1, le=INT64_MAX, description="One of the packs on sale (`/v1/wallet/packs`).",
+                                   json_schema_extra=from_settings(enum="token_packs"))
 
 
 class BuyOut(BaseModel):
@@ -114,10 +118,12 @@ async def list_transactions(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/wallet/transfer", summary="Tip a performer (outside a room, or credited to their live stream)",
-             body=TransferIn, response=TipOut, status=201, rate="tips", idempotent=True)
+             body=TransferIn, response=TipOut, status=201, other_statuses=(200,), rate="tips", idempotent=True,
+             errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.PERMISSION_DENIED, ErrorCode.BANNED,
+                     ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.WALLET_RESTRICTED, *LEDGER_ERRORS))
 async def transfer(call: Call[TransferIn]) -> web.StreamResponse:
     b = call.body
-    tip_id = b.id or _derived(call, "tip")
+    tip_id = b.id or idempotent_id(call, "tip")
     result = await send_tip(call.app, call.user, tip_id=tip_id, amount=b.amount, message=b.message,
                             to_user_id=b.to_user_id, stream_id=b.stream_id)
     return ok(result, status=200 if result["replayed"] else 201)
@@ -130,14 +136,9 @@ async def list_packs(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/wallet/buy", summary="Start buying a token pack: a Stripe Checkout Session to pay on",
-             body=BuyIn, response=BuyOut, status=201, rate="payments", idempotent=True)
+             body=BuyIn, response=BuyOut, status=201, rate="payments", idempotent=True,
+             errors=(ErrorCode.UNAVAILABLE, ErrorCode.PAYMENT_PROVIDER_ERROR))
 async def buy(call: Call[BuyIn]) -> web.StreamResponse:
-    key = call.request.headers.get("Idempotency-Key", "").strip() or None
-    return ok(await payments.start_purchase(call.app, call.user, call.body.pack_tokens, key), status=201)
-
-
-def _derived(call: Call[Any], kind: str) -> uuid.UUID:
-    """An id that a retry with the same Idempotency-Key reproduces (random without a key)."""
-    key = call.request.headers.get("Idempotency-Key", "").strip()
-    return derived_id(kind, call.user.user_id, key) if key else uuid.uuid4()
+    return ok(await payments.start_purchase(call.app, call.user, call.body.pack_tokens, idempotency_key(call.request)),
+              status=201)
 

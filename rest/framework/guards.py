@@ -13,6 +13,9 @@ from server.kernel.limits import Category, budget
 from server.kernel.net import client_ip
 
 AuthMode = Literal["public", "optional", "user"]
+# The X-RateLimit-* headers of a request that spent budget: every answer to it carries them, an
+# error as much as a success (the error middleware adds them to the error it builds).
+RATE_HEADERS = web.RequestKey("rate_limit_headers", dict)
 
 
 def identify(request: web.Request, mode: AuthMode) -> Identity | None:
@@ -27,7 +30,8 @@ def identify(request: web.Request, mode: AuthMode) -> Identity | None:
 
 
 async def rate_limit(request: web.Request, rate: Category, identity: Identity | None) -> dict[str, str]:
-    """Spend one unit of the caller's budget in `rate`; the X-RateLimit-* headers, or 429."""
+    """Spend one unit of the caller's budget in `rate`; the X-RateLimit-* headers (also kept in
+    `request[RATE_HEADERS]`), or 429."""
     if rate == "none":
         return {}
     settings = request.app[keys.SETTINGS]
@@ -46,4 +50,5 @@ async def rate_limit(request: web.Request, rate: Category, identity: Identity | 
         raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED, f"too many {category} requests; retry later",
                        details={"category": category, "retry_after_s": round(decision.retry_after_s, 3)},
                        headers=headers)
+    request[RATE_HEADERS] = headers
     return headers

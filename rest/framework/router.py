@@ -6,7 +6,7 @@ from the very same declarations, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from rest.framework.guards import AuthMode, identify, rate_limit
 from rest.framework.idempotency import run_idempotent
+from rest.framework.params import PathParam, PathValues, check_declared, parse_path
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.identity import Identity, Role
@@ -25,9 +26,10 @@ B = TypeVar("B")
 
 @dataclass(slots=True)
 class Call(Generic[B]):
-    """What a handler receives: the request, its validated body and query, and the caller."""
+    """What a handler receives: the request, its parsed path, validated body and query, and the caller."""
 
     request: web.Request
+    path: PathValues
     body: B
     query: Any
     identity: Identity | None
@@ -40,9 +42,6 @@ class Call(Generic[B]):
     def user(self) -> Identity:
         assert self.identity is not None, "route declared auth='user' guarantees an identity"
         return self.identity
-
-    def param(self, name: str) -> str:
-        return self.request.match_info[name]
 
 
 Handler = Callable[[Call[Any]], Awaitable[web.StreamResponse]]
@@ -65,6 +64,11 @@ class Route:
     idempotent: bool
     list_response: bool
     raw_body: bool
+    params: Mapping[str, PathParam]
+    errors: frozenset[ErrorCode]
+    other_statuses: tuple[int, ...]
+    envelope: bool
+    produces: tuple[str, ...]
 
 
 @dataclass
@@ -78,17 +82,33 @@ class Router:
               query: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               status: int = 200, auth: AuthMode = "user", roles: Sequence[Role] = (),
               rate: Category = "general", idempotent: bool = False, list_response: bool = False,
-              raw_body: bool = False) -> Callable[[Handler], Handler]:
+              raw_body: bool = False, params: Mapping[str, PathParam] | None = None,
+              errors: Sequence[ErrorCode] = (), other_statuses: Sequence[int] = (), envelope: bool = True,
+              produces: Sequence[str] = ("application/json",)) -> Callable[[Handler], Handler]:
         """Declare a route. `roles` empty means any authenticated role (when auth='user').
+
+        `errors` are the codes the domain functions it calls can raise (and the code paths of the
+        handler itself); the framework's own (auth, roles, body, path, rate, idempotency, 500) are
+        added from the route's properties, and the OpenAPI document declares the lot.
+        `other_statuses` are further success statuses with the same body (200 for a replayed
+        create); `envelope=False` answers `response` as is (standard formats: JWKS, OpenAPI);
+        `produces` lists the media types of a non-JSON answer.
+
+        `params` types every `{name}` of the path (`params.uuid_param`); handlers read them
+        parsed from `call.path`, and one that does not parse is 404 before the body is read.
 
         `raw_body=True` hands the handler the unparsed bytes in `call.body` (webhooks whose
         signature covers the exact bytes).
         """
 
+        declared = dict(params or {})
+        check_declared(path, declared)
+
         def decorate(handler: Handler) -> Handler:
             self.routes.append(Route(method.upper(), path, handler, summary, (self.tag,), body, query,
                                      response, status, auth, tuple(roles), rate, idempotent,
-                                     list_response, raw_body))
+                                     list_response, raw_body, declared, frozenset(errors),
+                                     tuple(other_statuses), envelope, tuple(produces)))
             return handler
 
         return decorate
@@ -147,9 +167,10 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         if identity is not None and route.roles and identity.role not in route.roles:
             raise ApiError(ErrorCode.PERMISSION_DENIED, f"this endpoint is for: {', '.join(route.roles)}")
         rl_headers = await rate_limit(request, route.rate, identity)
+        path = parse_path(request.match_info, route.params)
         body = await _parse_body(request, route)
         query = _parse_query(request, route)
-        call: Call[Any] = Call(request, body, query, identity)
+        call: Call[Any] = Call(request, path, body, query, identity)
         if route.idempotent and request.headers.get("Idempotency-Key"):
             response = await run_idempotent(request, identity, lambda: route.handler(call))
         else:
@@ -166,7 +187,8 @@ MOUNTED: web.AppKey[list[Router]] = web.AppKey("routers")
 
 
 def mount(app: web.Application, routers: Sequence[Router]) -> None:
-    app[MOUNTED] = list(routers)
+    """Add the routers' routes; a second call adds more (tests mount their own beside the app's)."""
+    app[MOUNTED] = [*app.get(MOUNTED, []), *routers]
     for router in routers:
         for route in router.routes:
             app.router.add_route(route.method, route.path, _wrap(route), name=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -9,6 +11,30 @@ class Schema(BaseModel):
     """Base of every request schema: unknown fields are an error, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# Marks a schema whose limits are settings; the OpenAPI builder writes the running app's values.
+SETTING_KEY = "x-greenroom-setting"
+
+
+def from_settings(**keywords: str) -> dict[str, Any]:
+    """`json_schema_extra` of a field whose limit is a setting the domain enforces, e.g.
+    `from_settings(maximum="tip_max_tokens")`; a leading '-' negates (`minimum="-admin_adjust_max_tokens"`).
+    The document then states what this server enforces, not a compiled-in bound."""
+    return {SETTING_KEY: keywords}
+
+
+def not_null(schema: dict[str, Any]) -> None:
+    """`json_schema_extra` of a PATCH field that may be left out but not set to null (the domain
+    refuses null there): the document shows the field's type without the `null` branch."""
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        rest = [b for b in branches if b != {"type": "null"}]
+        if len(rest) == 1:
+            schema.update(rest[0])
+        else:
+            schema["anyOf"] = rest
+    schema.pop("default", None)
 
 
 PAGE_MAX = 10_000  # deep OFFSETs are slow: past this, narrow the filter (or follow a cursor where there is one)

@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
-from rest.framework.responses import ok
+from rest.framework.responses import ok, text
 from rest.framework.router import Call, Router
 from server import __version__
 from server.kernel import keys
@@ -33,6 +33,8 @@ from server.kernel.net import client_ip
 
 router = Router("monitoring")
 
+# The exposition formats the scraper may ask for (prometheus_client's choose_encoder).
+PROMETHEUS = ("text/plain", "application/openmetrics-text")
 ServiceState = Literal["healthy", "unhealthy", "disabled"]
 
 
@@ -160,23 +162,23 @@ def _require_operator(call: Call[None]) -> None:
 
 
 @router.get("/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none")
 async def health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/v1/monitoring/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none")
 async def monitoring_health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition; operators only)",
-            auth="public", rate="none")
+            auth="public", rate="none", produces=PROMETHEUS)
 async def metrics(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return text(body, content_type)
 
 
 @router.get("/v1/status", summary="Version, uptime, mode and live counts of the worker that answers (operators only)",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
+from server.kernel.errors import ErrorCode
 from signaling.features.rooms import reports
 from signaling.features.rooms.reports import Reason, ReportStatus, TargetType
 
@@ -48,7 +49,8 @@ class FlagQuery(PageQuery):
 
 
 @router.post("/v1/moderation/report", summary="Report a user, a stream or a chat message", body=ReportIn,
-             response=ReportOut, status=201)
+             response=ReportOut, status=201,
+             errors=(ErrorCode.NOT_FOUND, ErrorCode.BAD_REQUEST, ErrorCode.CONFLICT))
 async def report(call: Call[ReportIn]) -> web.StreamResponse:
     b = call.body
     out = await reports.file_report(call.app, call.user, target_type=b.target_type, target_id=b.target_id,

@@ -6,74 +6,42 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
+from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
-from rest.framework.schema import PageQuery, Schema
-from server.kernel.errors import not_found
+from rest.framework.schema import PageQuery, Schema, from_settings, not_null
+from server.kernel.errors import ErrorCode
 from signaling.features.rooms import moderation
 from signaling.features.streams import streams
 
 router = Router("streams")
 
-TITLE_MAX = 200
-DESCRIPTION_MAX = 5000
-CATEGORY_MAX = 64
-TAGS_MAX = 20
-TAG_MAX = 32
 AccessIn = Literal["public", "ticket", "pass", "private"]
-
-
-def _title(v: str) -> str:
-    v = v.strip()
-    if not v:
-        raise ValueError("title cannot be blank")
-    return v
-
-
-def _category(v: str | None) -> str | None:
-    if v is None:
-        return None
-    v = v.strip().lower()
-    return v or None
-
-
-def _check_tags(v: list[str]) -> list[str]:
-    for tag in v:
-        if not tag.strip() or len(tag) > TAG_MAX:
-            raise ValueError(f"each tag must be 1-{TAG_MAX} non-blank characters")
-    return v
-
-
-Title = Annotated[str, Field(max_length=TITLE_MAX), AfterValidator(_title)]
-Category = Annotated[str, Field(max_length=CATEGORY_MAX), AfterValidator(_category)]
-Tags = Annotated[list[str], Field(max_length=TAGS_MAX), AfterValidator(_check_tags)]
+# Types and limits only: trimming, blank checks, lower-casing and de-duplication are the domain's
+# (`streams.checked_fields`), which every caller goes through.
+Tag = Annotated[str, Field(min_length=1, max_length=streams.TAG_MAX)]
 
 
 class StreamCreate(Schema):
-    title: Title
-    description: str = Field("", max_length=DESCRIPTION_MAX)
-    category: Category | None = None
-    tags: Tags = Field(default_factory=list)
+    title: str = Field(min_length=1, max_length=streams.TITLE_MAX, description="Trimmed; not blank.")
+    description: str = Field("", max_length=streams.DESCRIPTION_MAX)
+    category: str | None = Field(None, max_length=streams.CATEGORY_MAX,
+                                 description="Stored trimmed and lower-case; blank means none.")
+    tags: list[Tag] = Field(default_factory=list, max_length=streams.TAGS_MAX,
+                            description="Stored trimmed, lower-case, each once.")
     access: AccessIn = "public"
 
 
 class StreamPatch(Schema):
-    """Fields to change; absent fields stay, `null` clears `category`."""
+    """Fields to change; absent fields stay, `null` clears `category` (and is refused elsewhere)."""
 
-    title: Title | None = None
-    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
-    category: Category | None = None
-    tags: Tags | None = None
-    access: AccessIn | None = None
-
-    @field_validator("title", "description", "tags", "access")
-    @classmethod
-    def _not_null(cls, v: Any) -> Any:
-        if v is None:
-            raise ValueError("cannot be null")
-        return v
+    title: str | None = Field(None, min_length=1, max_length=streams.TITLE_MAX, json_schema_extra=not_null)
+    description: str | None = Field(None, max_length=streams.DESCRIPTION_MAX, json_schema_extra=not_null)
+    category: str | None = Field(None, max_length=streams.CATEGORY_MAX)
+    tags: list[Tag] | None = Field(None, max_length=streams.TAGS_MAX, json_schema_extra=not_null)
+    access: AccessIn | None = Field(None, json_schema_extra=not_null)
 
     def changes(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.model_fields_set}
@@ -81,7 +49,7 @@ class StreamPatch(Schema):
 
 class StreamQuery(PageQuery):
     status: Literal["created", "live", "ended", "all"] = "live"
-    category: str | None = Field(None, max_length=CATEGORY_MAX)
+    category: str | None = Field(None, max_length=streams.CATEGORY_MAX)
     host_id: uuid.UUID | None = None
     sort: Literal["-started_at", "started_at", "-created_at", "created_at", "-total_tokens_received",
                   "title"] = "-started_at"
@@ -133,8 +101,9 @@ class UserRef(Schema):
 
 class BanIn(Schema):
     user_id: uuid.UUID
-    reason: str = Field("", max_length=500)
-    duration_s: int | None = Field(None, ge=1, description="Omit for a permanent ban.")
+    reason: str = Field("", max_length=moderation.BAN_REASON_MAX, description="Trimmed.")
+    duration_s: int | None = Field(None, ge=1, description="Omit for a permanent ban.",
+                                   json_schema_extra=from_settings(maximum="room_ban_max_s"))
 
 
 class RoleOut(BaseModel):
@@ -148,21 +117,24 @@ class BanOut(BaseModel):
     reason: str
 
 
+class UnbanOut(BaseModel):
+    user_id: str
+    unbanned: Literal[True]
+
+
 class BanListItem(BanOut):
     display_name: str
     banned_by: str | None
     created_at: str
 
 
-def _id(call: Call[Any], name: str = "id") -> uuid.UUID:
-    try:
-        return uuid.UUID(call.param(name))
-    except ValueError:
-        raise not_found("stream" if name == "id" else "user") from None
+STREAM = {"id": uuid_param("stream")}
+STREAM_USER = {"id": uuid_param("stream"), "user_id": uuid_param("user")}
 
 
 @router.post("/v1/streams", summary="Create a stream (and its room) as a performer", body=StreamCreate,
-             response=StreamOut, status=201, roles=("performer", "admin"), rate="streaming", idempotent=True)
+             response=StreamOut, status=201, roles=("performer", "admin"), rate="streaming", idempotent=True,
+             errors=(ErrorCode.CONFLICT,))
 async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
     b = call.body
     stream = await streams.create_stream(call.app, call.user, title=b.title, description=b.description,
@@ -175,88 +147,96 @@ async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
 async def list_streams(call: Call[None]) -> web.StreamResponse:
     q: StreamQuery = call.query
     page = await streams.list_streams(call.app, call.identity, status=None if q.status == "all" else q.status,
-                                      category=_category(q.category), host_id=q.host_id, sort=q.sort,
+                                      category=q.category, host_id=q.host_id, sort=q.sort,
                                       page=q.page, per_page=q.per_page)
     return ok(page.items, meta=page_meta(q.page, q.per_page, page.total))
 
 
-@router.get("/v1/streams/{id}", summary="A stream's details", response=StreamOut, auth="optional")
+@router.get("/v1/streams/{id}", params=STREAM, summary="A stream's details", response=StreamOut, auth="optional")
 async def get_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.get_stream(call.app, _id(call), call.identity))
+    return ok(await streams.get_stream(call.app, call.path.uuid("id"), call.identity))
 
 
 @router.patch("/v1/streams/{id}", summary="Edit a stream (host or admin)", body=StreamPatch,
-              response=StreamOut, rate="streaming")
+              params=STREAM, response=StreamOut, rate="streaming",
+              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def patch_stream(call: Call[StreamPatch]) -> web.StreamResponse:
-    return ok(await streams.update_stream(call.app, call.user, _id(call), call.body.changes()))
+    return ok(await streams.update_stream(call.app, call.user, call.path.uuid("id"), call.body.changes()))
 
 
 @router.delete("/v1/streams/{id}", summary="End a stream (host or admin); ending an ended stream is a no-op",
-               response=StreamOut, rate="streaming")
+               params=STREAM, response=StreamOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
 async def delete_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.end_stream(call.app, call.user, _id(call), already_ended_ok=True))
+    return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id"), already_ended_ok=True))
 
 
 @router.post("/v1/streams/{id}/start", summary="Go live (host); publishes `stream.started` to the room",
-             response=StreamOut, rate="streaming")
+             params=STREAM, response=StreamOut, rate="streaming",
+             errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def start_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.start_stream(call.app, call.user, _id(call)))
+    return ok(await streams.start_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/end", summary="End the stream (host or admin); publishes `stream.ended`",
-             response=StreamOut, rate="streaming")
+             params=STREAM, response=StreamOut, rate="streaming",
+             errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def end_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.end_stream(call.app, call.user, _id(call)))
+    return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/join", summary="What a client needs to join the stream's room over `/ws`",
-             response=JoinOut, auth="optional")
+             params=STREAM, response=JoinOut, auth="optional",
+             # AUTHENTICATION_REQUIRED: the token's account no longer exists
+             errors=(ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.BANNED, ErrorCode.PERMISSION_DENIED))
 async def join_stream(call: Call[None]) -> web.StreamResponse:
-    return ok(await streams.join_stream(call.app, call.identity, _id(call)))
+    return ok(await streams.join_stream(call.app, call.identity, call.path.uuid("id")))
 
 
 @router.get("/v1/streams/{id}/viewers", summary="How many are watching; the host and staff also see who",
-            query=PageQuery, response=ViewersOut, auth="optional")
+            params=STREAM, query=PageQuery, response=ViewersOut, auth="optional")
 async def stream_viewers(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
-    data, total = await streams.viewers(call.app, call.identity, _id(call), page=q.page, per_page=q.per_page)
+    data, total = await streams.viewers(call.app, call.identity, call.path.uuid("id"), page=q.page, per_page=q.per_page)
     meta = page_meta(q.page, q.per_page, total) if data["viewers"] is not None else {}
     return ok(data, meta=meta)
 
 
 @router.post("/v1/streams/{id}/moderators", summary="Appoint a room moderator (host or admin)", body=UserRef,
-             response=RoleOut, status=201, rate="streaming")
+             params=STREAM, response=RoleOut, status=201, rate="streaming",
+             errors=(ErrorCode.BAD_REQUEST, ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await moderation.add_moderator(call.app, call.user, room, call.body.user_id), status=201)
 
 
 @router.delete("/v1/streams/{id}/moderators/{user_id}", summary="Dismiss a room moderator (host or admin)",
-               response=RoleOut, rate="streaming")
+               params=STREAM_USER, response=RoleOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
 async def remove_moderator(call: Call[None]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
-    return ok(await moderation.remove_moderator(call.app, call.user, room, _id(call, "user_id")))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
+    return ok(await moderation.remove_moderator(call.app, call.user, room, call.path.uuid("user_id")))
 
 
 @router.get("/v1/streams/{id}/bans", summary="Active bans in the stream's room (host, moderators, admins)",
-            query=PageQuery, response=BanListItem, list_response=True, rate="streaming")
+            params=STREAM, query=PageQuery, response=BanListItem, list_response=True, rate="streaming",
+            errors=(ErrorCode.PERMISSION_DENIED,))
 async def list_bans(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
-    room = await streams.stream_room(call.app, call.user, _id(call))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     items, total = await moderation.list_bans(call.app, call.user, room, q.page, q.per_page)
     return ok(items, meta=page_meta(q.page, q.per_page, total))
 
 
 @router.post("/v1/streams/{id}/bans", summary="Ban a user from the stream's room and remove them at once",
-             body=BanIn, response=BanOut, status=201, rate="streaming")
+             params=STREAM, body=BanIn, response=BanOut, status=201, rate="streaming",
+             errors=(ErrorCode.BAD_REQUEST, ErrorCode.PERMISSION_DENIED))
 async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     b = call.body
-    return ok(await moderation.ban(call.app, call.user, room, b.user_id, b.reason.strip(), b.duration_s), status=201)
+    return ok(await moderation.ban(call.app, call.user, room, b.user_id, b.reason, b.duration_s), status=201)
 
 
 @router.delete("/v1/streams/{id}/bans/{user_id}", summary="Lift a ban (host, moderators, admins)",
-               rate="streaming")
+               params=STREAM_USER, response=UnbanOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
 async def unban_user(call: Call[None]) -> web.StreamResponse:
-    room = await streams.stream_room(call.app, call.user, _id(call))
-    return ok(await moderation.unban(call.app, call.user, room, _id(call, "user_id")))
+    room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
+    return ok(await moderation.unban(call.app, call.user, room, call.path.uuid("user_id")))

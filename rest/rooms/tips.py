@@ -8,12 +8,10 @@ from pydantic import BaseModel
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery
-from signaling.features.streams import streams
+from rest.rooms.streams import STREAM
 from signaling.features.tips import tips
 
 router = Router("tips")
-
-
 
 
 class StreamTipOut(BaseModel):
@@ -28,10 +26,10 @@ class StreamTipOut(BaseModel):
     created_at: str
 
 
-@router.get("/v1/streams/{id}/tips", summary="A stream's tips, newest first", query=PageQuery,
+@router.get("/v1/streams/{id}/tips", summary="A stream's tips, newest first", query=PageQuery, params=STREAM,
             response=StreamTipOut, list_response=True, auth="optional")
 async def stream_tips(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
-    items, total = await tips.stream_tips(call.app, call.identity, streams.parse_id(call.param("id")), page=q.page,
+    items, total = await tips.stream_tips(call.app, call.identity, call.path.uuid("id"), page=q.page,
                                           per_page=q.per_page)
     return ok(items, meta=page_meta(q.page, q.per_page, total))

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
 from server.commerce import payments
+from server.kernel.errors import ErrorCode
 
 router = Router("webhooks")
 
@@ -19,6 +20,8 @@ class WebhookOut(BaseModel):
 
 
 @router.post("/v1/webhooks/stripe", summary="Stripe events (signed with the webhook secret)", response=WebhookOut,
-             auth="public", rate="none", raw_body=True)
+             auth="public", rate="none", raw_body=True,
+             # UNAVAILABLE/OVERLOADED: not configured, too many waiting events, the ledger busy (Stripe retries)
+             errors=(ErrorCode.BAD_REQUEST, ErrorCode.MALFORMED_JSON, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED))
 async def stripe_webhook(call: Call[bytes]) -> web.StreamResponse:
     return ok(await payments.handle_webhook(call.app, call.body, call.request.headers.get("Stripe-Signature")))

@@ -31,14 +31,18 @@ STATUSES: tuple[Status, ...] = get_args(Status)
 DB: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f.]+(\.[^@\s\x00-\x1f.]+)+$")
-_USERNAME = re.compile(r"^[A-Za-z0-9_]{3,32}$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+USERNAME_PATTERN = r"^[A-Za-z0-9_]{3,32}$"
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+_USERNAME = re.compile(USERNAME_PATTERN)
+_COUNTRY = re.compile(COUNTRY_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 EMAIL_MAX = 254
 DISPLAY_NAME_MAX = 100
 BIO_MAX = 2000
 URL_MAX = 2048
 
+# Roles anyone may sign up as (`register`); admins are made by the CLI or by another admin.
+SELF_REGISTER_ROLES: tuple[Role, ...] = ("viewer", "performer")
 SELF_FIELDS = frozenset({"display_name", "username", "bio", "profile_image_url", "country"})
 ADMIN_FIELDS = SELF_FIELDS | {"role", "status", "email_verified", "date_of_birth"}
 _COLUMNS = ("id, email, username, display_name, bio, profile_image_url, role, status, country, "
@@ -199,7 +203,8 @@ async def create_user(db: DB, settings: Settings, *, email: str, password: str, 
                       date_of_birth: dt.date | None = None, email_verified: bool = False) -> User:
     """Create an account: checks the fields and the password policy, hashes with argon2id.
 
-    Any role may be given: callers decide who may create admins (REST refuses it at registration).
+    Any role may be given: this is the operator's path (`greenroom users create` bootstraps
+    admins, demo seeding). People signing themselves up go through `register`.
     """
     email = _validated({"email": email})["email"]
     check_policy(password, email, settings)
@@ -208,6 +213,19 @@ async def create_user(db: DB, settings: Settings, *, email: str, password: str, 
     return await insert_user(db, email=email, password_hash=password_hash, display_name=name, role=role,
                              username=username, country=country, date_of_birth=date_of_birth,
                              email_verified=email_verified)
+
+
+async def register(db: DB, settings: Settings, *, email: str, password: str, display_name: str | None = None,
+                   role: Role = "viewer", username: str | None = None, country: str | None = None,
+                   date_of_birth: dt.date | None = None) -> User:
+    """Self-registration: `create_user` for one of SELF_REGISTER_ROLES, email unverified.
+
+    No one makes themselves an admin: admins come from the CLI or from another admin's role change.
+    """
+    if role not in SELF_REGISTER_ROLES:
+        raise forbidden("admin accounts are created with the CLI or by an admin")
+    return await create_user(db, settings, email=email, password=password, display_name=display_name, role=role,
+                             username=username, country=country, date_of_birth=date_of_birth)
 
 
 async def find_user(db: DB, user_id: uuid.UUID) -> User | None:

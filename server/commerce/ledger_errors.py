@@ -30,6 +30,12 @@ _ERRORS: dict[Result, tuple[ErrorCode, str]] = {
 }
 
 
+# Every code a call through `ledger_call` + `ledger_error`/`require_applied` can end in (INTERNAL_ERROR
+# aside): what a route that moves tokens declares in its OpenAPI errors.
+LEDGER_ERRORS: tuple[ErrorCode, ...] = (
+    *sorted({code for code, _ in _ERRORS.values()}), ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE)
+
+
 def ledger_error(result: Result) -> ApiError:
     """The API error for a result that did not apply."""
     assert result is not Result.OK and result is not Result.EXISTS, "applied results are not errors"

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from rest.framework.guards import RATE_HEADERS
 from rest.framework.responses import error
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
@@ -28,20 +29,21 @@ async def error_middleware(request: web.Request,
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = error(exc)
+        response = error(exc, headers=request.get(RATE_HEADERS))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
         message = {404: "no such endpoint", 405: f"method {request.method} not allowed here",
                    413: "request body too large"}.get(exc.status, exc.reason)
-        response = error(ApiError(code, message, status=exc.status))
+        response = error(ApiError(code, message, status=exc.status), headers=request.get(RATE_HEADERS))
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-        response = error(ApiError(ErrorCode.INTERNAL_ERROR, "internal error", details={"request_id": request_id}))
+        response = error(ApiError(ErrorCode.INTERNAL_ERROR, "internal error", details={"request_id": request_id}),
+                         headers=request.get(RATE_HEADERS))
     response.headers["X-Request-Id"] = request_id
     return response

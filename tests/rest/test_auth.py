@@ -25,6 +25,7 @@ from server.accounts.passwords import passwords_for, policy_problems
 from server.accounts.sessions import forget_repeats, purge_expired
 from server.accounts.tokens import TokenService, token_service
 from server.accounts.users import create_user
+from server.accounts.users import register as register_user
 from server.kernel import keys
 from server.kernel.errors import ApiError
 from server.kernel.settings import Settings
@@ -116,9 +117,12 @@ async def test_register_returns_tokens_and_user(api: TestClient) -> None:
 async def test_register_as_performer_but_not_admin(api: TestClient) -> None:
     data = await register(api, role="performer")
     assert data["user"]["role"] == "performer"
+    # `admin` is not among the roles the schema offers (nor the document's enum): a validation error
     resp = await api.post("/v1/auth/register", json={"email": "boss@example.com", "password": PASSWORD,
                                                      "display_name": "Boss", "role": "admin"})
-    assert await error_of(resp) == (403, "PERMISSION_DENIED")
+    assert await error_of(resp) == (422, "VALIDATION_ERROR")
+    doc = await (await api.get("/v1/openapi.json")).json()
+    assert doc["components"]["schemas"]["RegisterBody"]["properties"]["role"]["enum"] == ["viewer", "performer"]
     assert await api.app[keys.DB].fetchval("SELECT count(*) FROM users WHERE role = 'admin'") == 0
     resp = await api.post("/v1/auth/register", json={"email": "x@example.com", "password": PASSWORD,
                                                      "display_name": "X", "role": "superuser"})
@@ -702,6 +706,17 @@ def test_cli_users_create_and_keys(dsn: str, monkeypatch: pytest.MonkeyPatch, tm
             await conn.close()
 
     asyncio.run(check())
+
+
+async def test_register_refuses_admins_whoever_calls_it(api: TestClient) -> None:
+    """The rule is the domain's: `register` (self sign-up, any adapter) never makes an admin."""
+    settings, db = api.app[keys.SETTINGS], api.app[keys.DB]
+    with pytest.raises(ApiError) as caught:
+        await register_user(db, settings, email="boss@example.com", password=PASSWORD, role="admin")
+    assert caught.value.code == "PERMISSION_DENIED" and caught.value.status == 403
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+    performer = await register_user(db, settings, email="p@example.com", password=PASSWORD, role="performer")
+    assert performer.role == "performer" and not performer.email_verified
 
 
 async def test_admin_made_by_create_user_can_log_in(api: TestClient) -> None:

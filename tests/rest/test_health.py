@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from rest.framework.params import text_param
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router, mount
 from server import __version__
@@ -178,7 +179,8 @@ def test_ws_closed_more_than_opened_is_a_bug() -> None:
 whoami = Router("test-whoami")
 
 
-@whoami.get("/v1/test/whoami/{thing}", summary="test route", auth="user", rate="none")
+@whoami.get("/v1/test/whoami/{thing}", summary="test route", auth="user", rate="none",
+            params={"thing": text_param("thing")})
 async def _whoami(call: Call[None]) -> web.StreamResponse:
     return ok({"user_id": str(call.user.user_id)})
 

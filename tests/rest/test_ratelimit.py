@@ -22,6 +22,7 @@ from server.app.factory import create_app
 from server.http.ratelimit import KEY_PREFIX, US, MemoryLimiter, RedisLimiter, gcra
 from server.kernel.limits import Budget
 from server.kernel.settings import Settings
+from tests.support.factories import make_user
 from tests.support.ops_support import use_plain_auth
 from tests.support.services import RedisForTests
 
@@ -214,6 +215,11 @@ async def _tip(call: Call[None]) -> web.StreamResponse:
     return ok({"ok": True})
 
 
+@limited.get("/v1/test/boom", summary="a handler bug", auth="optional", rate="general")
+async def _boom(call: Call[None]) -> web.StreamResponse:
+    raise RuntimeError("a bug in a handler")
+
+
 def limited_app(settings: Settings, dsn: str) -> web.Application:
     app = create_app(settings, dsn)
     mount(app, [limited])
@@ -333,6 +339,56 @@ async def test_app_keeps_serving_when_redis_dies(aiohttp_client: ClientFactory,
         own.close()
     statuses = [(await client.post("/v1/test/login", headers=ip("10.5.0.1"))).status for _ in range(3)]
     assert statuses == [200, 200, 429]  # limited per process now, never a 500
+
+
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+async def test_errors_after_spending_budget_carry_the_rate_headers(aiohttp_client: ClientFactory,
+                                                                   make_settings: Callable[..., Settings],
+                                                                   dsn: str) -> None:
+    settings = make_settings(rate_streaming_per_min=50, rate_tips_per_min=50, rate_general_per_hour=50,
+                             max_body_bytes=2048)
+    app = create_app(settings, dsn)
+    mount(app, [limited])  # for /v1/test/boom; real tokens (no plain auth)
+    client = await aiohttp_client(app)
+    host_user, fan_user = await make_user(app, role="performer"), await make_user(app)
+    host, fan = host_user.headers, fan_user.headers
+    remaining: list[int] = []
+
+    async def spent(resp: Any, status: int, code: str, limit: int = 50) -> None:
+        body = await resp.json()
+        assert resp.status == status and body["error"]["code"] == code, body
+        assert resp.headers["X-RateLimit-Limit"] == str(limit), (status, dict(resp.headers))
+        assert int(resp.headers["X-RateLimit-Reset"]) >= int(time.time())
+        remaining.append(int(resp.headers["X-RateLimit-Remaining"]))
+
+    # 404 (a malformed id and an unknown one), 422, 413, 409 (domain and idempotency) and 500
+    await spent(await client.patch("/v1/streams/nope", json={}, headers=host), 404, "NOT_FOUND")
+    await spent(await client.post(f"/v1/streams/{uuid.uuid4()}/end", headers=host), 404, "NOT_FOUND")
+    await spent(await client.post("/v1/streams", json={"title": 5}, headers=host), 422, "VALIDATION_ERROR")
+    await spent(await client.post("/v1/streams", json={"title": "x" * 4096}, headers=host),
+                413, "PAYLOAD_TOO_LARGE")
+    await spent(await client.post("/v1/streams", data=b"{", headers=host), 400, "MALFORMED_JSON")
+    stream = await client.post("/v1/streams", json={"title": "t"}, headers=host)
+    sid = (await stream.json())["data"]["id"]
+    assert (await client.post(f"/v1/streams/{sid}/end", headers=host)).status == 200
+    await spent(await client.post(f"/v1/streams/{sid}/end", headers=host), 409, "CONFLICT")
+    body = {"to_user_id": str(host_user.id), "amount": 1}
+    keyed = {**fan, "Idempotency-Key": "k"}
+    await spent(await client.post("/v1/wallet/transfer", json=body, headers=keyed), 409, "INSUFFICIENT_BALANCE")
+    # the stored 409 is not replayed for another body: the key's reuse is refused, budget spent again
+    await spent(await client.post("/v1/wallet/transfer", json={**body, "amount": 2}, headers=keyed), 409,
+                "IDEMPOTENCY_KEY_REUSED")
+    await spent(await client.get("/v1/test/boom", headers=fan), 500, "INTERNAL_ERROR")
+    # each answer spent one unit: the streaming budget counts down across successes and errors
+    assert remaining[:5] == [49, 48, 47, 46, 45] and remaining[5] == 42
+    assert remaining[6:] == [49, 48, 49]  # the tips budget, then the general one
+    # nothing spent, nothing announced: the caller is refused before the budget is looked at
+    resp = await client.patch("/v1/streams/nope", json={})
+    assert resp.status == 401 and not any(h in resp.headers for h in RATE_HEADERS)
+    resp = await client.post("/v1/admin/wallet/adjust", json={}, headers=fan)
+    assert resp.status == 403 and not any(h in resp.headers for h in RATE_HEADERS)
 
 
 async def test_unreachable_redis_at_start_stops_the_app(make_settings: Callable[..., Settings], dsn: str) -> None:

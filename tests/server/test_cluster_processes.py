@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.openapi_check import served_document_middleware
 from tests.support.ops_support import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ async def test_two_processes_one_stream_presence_and_failover(tmp_path: Path, ds
     try:
         a.wait_ready()
         b.wait_ready()
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(middlewares=(served_document_middleware(),)) as http:
             performer = await register(http, a.url, "host@example.test", "performer")
             alice = await register(http, a.url, "alice@example.test", "viewer")
             bob = await register(http, b.url, "bob@example.test", "viewer")

@@ -98,13 +98,24 @@ async def remove_moderator(app: web.Application, actor: Identity, room: str,
     return data
 
 
+# Longest ban reason kept; both adapters (REST `BanIn`, socket `room.ban`) declare this one.
+BAN_REASON_MAX = 500
+
+
 def _until(seconds: int | None) -> datetime | None:
     return None if seconds is None else datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 async def ban(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID, reason: str,
               duration_s: int | None) -> dict[str, Any]:
-    """Ban durably (until lifted or `duration_s` passes) and remove the user from the room on every node."""
+    """Ban durably (until lifted or `duration_s` passes) and remove the user from the room on every node.
+
+    `reason` is stored trimmed, at most BAN_REASON_MAX characters (REST and socket declare the same).
+    """
+    reason = reason.strip()
+    if len(reason) > BAN_REASON_MAX:
+        raise ApiError(ErrorCode.VALIDATION_ERROR, f"reason must be at most {BAN_REASON_MAX} characters",
+                       details={"errors": [{"field": "reason", "issue": f"at most {BAN_REASON_MAX} characters"}]})
     settings = app[keys.SETTINGS]
     if duration_s is not None and not 1 <= duration_s <= settings.room_ban_max_s:
         raise ApiError(ErrorCode.VALIDATION_ERROR,

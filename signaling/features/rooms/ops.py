@@ -14,7 +14,7 @@ from pydantic import Field, StrictInt
 from signaling.core.ops import UUID_PATTERN, OpContext, OpData, OpGroup
 from signaling.features.rooms import moderation
 
-REASON_MAX_CHARS = 500
+REASON_MAX_CHARS = moderation.BAN_REASON_MAX
 
 OPS = OpGroup()
 

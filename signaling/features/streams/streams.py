@@ -33,6 +33,12 @@ SORTS: dict[str, str] = {
     "title": "lower(s.title), s.id",
 }
 EDITABLE = ("title", "description", "category", "tags", "access")
+# Field limits; the REST schema declares the same numbers (so the document states them).
+TITLE_MAX = 200
+DESCRIPTION_MAX = 5000
+CATEGORY_MAX = 64
+TAGS_MAX = 20
+TAG_MAX = 32
 # Two-key advisory lock namespace: serializes one host's stream creations (the open-streams cap).
 _HOST_LOCK_NS = 0x5354
 
@@ -45,12 +51,81 @@ class Page:
     total: int
 
 
-def parse_id(raw: str) -> uuid.UUID:
-    """A path id; anything that is not a UUID names no stream (404, not a validation error)."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise not_found("stream") from None
+# --- field rules: every caller (REST, demo seeding) gets the same normalisation and limits ---
+
+def normalize_category(value: str | None) -> str | None:
+    """Categories compare case-insensitively and blank means none: stored (and filtered) trimmed, lower-case."""
+    if value is None:
+        return None
+    return value.strip().lower() or None
+
+
+def _title(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    title = value.strip()
+    if not title:
+        raise ValueError("title cannot be blank")
+    if len(title) > TITLE_MAX:
+        raise ValueError(f"must be at most {TITLE_MAX} characters")
+    return title
+
+
+def _description(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if len(value) > DESCRIPTION_MAX:
+        raise ValueError(f"must be at most {DESCRIPTION_MAX} characters")
+    return value
+
+
+def _category(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be a string or null")
+    if value is not None and len(value.strip()) > CATEGORY_MAX:
+        raise ValueError(f"must be at most {CATEGORY_MAX} characters")
+    return normalize_category(value)
+
+
+def _tags(value: Any) -> list[str]:
+    """Trimmed, lower-case, each once, in the order given."""
+    if not isinstance(value, list | tuple) or not all(isinstance(t, str) for t in value):
+        raise ValueError("must be a list of strings")
+    if len(value) > TAGS_MAX:
+        raise ValueError(f"at most {TAGS_MAX} tags")
+    seen: dict[str, None] = {}
+    for tag in value:
+        clean = tag.strip().lower()
+        if not clean or len(clean) > TAG_MAX:
+            raise ValueError(f"each tag must be 1-{TAG_MAX} non-blank characters")
+        seen.setdefault(clean, None)
+    return list(seen)
+
+
+def _access(value: Any) -> Access:
+    if value not in rooms.ACCESS:
+        raise ValueError(f"must be one of {', '.join(rooms.ACCESS)}")
+    access: Access = value
+    return access
+
+
+_RULES = {"title": _title, "description": _description, "category": _category, "tags": _tags, "access": _access}
+
+
+def checked_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Stream fields as stored, or VALIDATION_ERROR naming every bad one (the error shape of a schema's)."""
+    out: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    for name, value in fields.items():
+        try:
+            if value is None and name != "category":
+                raise ValueError("cannot be null")
+            out[name] = _RULES[name](value)
+        except ValueError as exc:
+            errors.append({"field": name, "issue": str(exc)})
+    if errors:
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "invalid stream fields", details={"errors": errors})
+    return out
 
 
 def room_of(stream_id: uuid.UUID) -> str:
@@ -106,8 +181,13 @@ async def _load(app: web.Application, stream_id: uuid.UUID, identity: Identity |
     return row
 
 
-async def create_stream(app: web.Application, host: Identity, *, title: str, description: str,
-                        category: str | None, tags: Sequence[str], access: Access) -> dict[str, Any]:
+async def create_stream(app: web.Application, host: Identity, *, title: str, description: str = "",
+                        category: str | None = None, tags: Sequence[str] = (),
+                        access: Access = "public") -> dict[str, Any]:
+    """A new stream of `host` (and its room); fields per `checked_fields`, at most
+    `streams_open_max_per_host` not yet ended (CONFLICT beyond)."""
+    fields = checked_fields({"title": title, "description": description, "category": category,
+                             "tags": list(tags), "access": access})
     settings = app[keys.SETTINGS]
     stream_id = uuid.uuid4()
     async with app[keys.DB].acquire() as conn, conn.transaction():
@@ -120,18 +200,12 @@ async def create_stream(app: web.Application, host: Identity, *, title: str, des
         await conn.execute(
             """INSERT INTO streams (id, host_id, title, description, category, tags, access)
                VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-            stream_id, host.user_id, title, description, category, list(_dedupe(tags)), access)
-        await rooms.create_room(conn, "stream", stream_id, host.user_id, access)
+            stream_id, host.user_id, fields["title"], fields["description"], fields["category"], fields["tags"],
+            fields["access"])
+        await rooms.create_room(conn, "stream", stream_id, host.user_id, fields["access"])
         row = await conn.fetchrow(_SELECT + " WHERE s.id = $1", stream_id)
     assert row is not None
     return await _shape(app, row)
-
-
-def _dedupe(tags: Sequence[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for tag in tags:
-        seen.setdefault(tag.strip().lower(), None)
-    return [t for t in seen if t]
 
 
 async def get_stream(app: web.Application, stream_id: uuid.UUID, identity: Identity | None) -> dict[str, Any]:
@@ -147,6 +221,7 @@ async def list_streams(app: web.Application, identity: Identity | None, *, statu
     if status is not None:
         args.append(status)
         where.append(f"s.status = ${len(args)}")
+    category = normalize_category(category)
     if category is not None:
         args.append(category)
         where.append(f"s.category = ${len(args)}")
@@ -164,13 +239,13 @@ async def list_streams(app: web.Application, identity: Identity | None, *, statu
 
 async def update_stream(app: web.Application, actor: Identity, stream_id: uuid.UUID,
                         changes: dict[str, Any]) -> dict[str, Any]:
-    """Apply `changes` (a subset of EDITABLE) as host or admin; an ended stream is not editable."""
+    """Apply `changes` (a subset of EDITABLE; `category` None clears it) as host or admin; an ended
+    stream is not editable."""
     assert set(changes) <= set(EDITABLE), changes
+    changes = checked_fields(changes)
     row = await _load(app, stream_id, actor)
     if not _is_host_or_admin(actor, row):
         raise forbidden("only the stream's host or an admin may edit it")
-    if "tags" in changes:
-        changes["tags"] = _dedupe(changes["tags"])
     if changes:
         sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
         access_changed = False
