@@ -9,9 +9,8 @@ from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from ledger.flows.grants import REASON_MAX_CHARS
 from ledger.model import INT64_MAX
-from rest.framework.idempotency import idempotent_id
 from rest.framework.responses import ok
-from rest.framework.router import Call, Router
+from rest.framework.router import Call, Router, idempotent_id
 from rest.framework.schema import Schema, from_settings
 from server.commerce import wallet
 from server.commerce.ledger_errors import LEDGER_ERRORS

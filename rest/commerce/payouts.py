@@ -9,10 +9,9 @@ from pydantic import BaseModel, Field, StrictInt
 
 from ledger.flows.payouts import Status
 from ledger.model import INT64_MAX
-from rest.framework.idempotency import idempotent_id
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
-from rest.framework.router import Call, Router
+from rest.framework.router import Call, Router, idempotent_id
 from rest.framework.schema import PageQuery, Schema, from_settings
 from server.commerce import wallet
 from server.commerce.ledger_errors import LEDGER_ERRORS

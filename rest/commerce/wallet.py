@@ -11,9 +11,9 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt
 
 from ledger import Code
 from ledger.model import INT64_MAX
-from rest.framework.idempotency import idempotency_key, idempotent_id
+from rest.framework.idempotency import idempotency_key
 from rest.framework.responses import ok
-from rest.framework.router import Call, Router
+from rest.framework.router import Call, Router, idempotent_id
 from rest.framework.schema import PageQuery, Schema, from_settings
 from server.commerce import payments, wallet
 from server.commerce.ledger_errors import LEDGER_ERRORS

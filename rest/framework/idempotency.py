@@ -9,21 +9,16 @@ client may retry it. Keys are scoped per caller and route and expire after `KEY_
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from ledger.ids import derived_id
 from rest.framework.responses import error, replay
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.identity import Identity
 from server.kernel.net import client_ip
-
-if TYPE_CHECKING:  # the router imports this module to run keyed requests
-    from rest.framework.router import Call
 
 KEY_TTL_S = 24 * 3600
 MAX_KEY_CHARS = 255
@@ -32,17 +27,6 @@ MAX_KEY_CHARS = 255
 def idempotency_key(request: web.Request) -> str | None:
     """The request's `Idempotency-Key` as `run_idempotent` scopes it (stripped); None without one."""
     return request.headers.get("Idempotency-Key", "").strip() or None
-
-
-def idempotent_id(call: Call[Any], kind: str) -> uuid.UUID:
-    """The ledger id of what a keyed request creates (a tip, a payout, an adjustment).
-
-    Derived from the caller, `kind` and the key, so a retry whose first attempt died after the
-    ledger committed (no stored response to replay) resubmits the same id and the ledger answers
-    `exists` instead of moving tokens twice. Without a key every request is new: a fresh id.
-    """
-    key = idempotency_key(call.request)
-    return derived_id(kind, call.user.user_id, key) if key else uuid.uuid4()
 
 
 async def run_idempotent(request: web.Request, identity: Identity | None,

@@ -72,6 +72,8 @@ def route_errors(route: Route) -> frozenset[ErrorCode]:
         codes.update(BODY)
     if route.raw_body:
         codes.add(ErrorCode.PAYLOAD_TOO_LARGE)  # the body is still read, and bounded
+    if route.body is not None or route.raw_body:
+        codes.add(ErrorCode.REQUEST_TIMEOUT)  # read within http_body_timeout_s
     if route.query is not None:
         codes.add(ErrorCode.VALIDATION_ERROR)
     if route.idempotent:

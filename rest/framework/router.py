@@ -6,6 +6,8 @@ from the very same declarations, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -13,8 +15,9 @@ from typing import Any, Generic, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ledger.ids import derived_id
 from rest.framework.guards import AuthMode, identify, rate_limit
-from rest.framework.idempotency import run_idempotent
+from rest.framework.idempotency import idempotency_key, run_idempotent
 from rest.framework.params import PathParam, PathValues, check_declared, parse_path
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, validation_details
@@ -129,12 +132,25 @@ class Router:
         return self.route("DELETE", path, **kw)
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within `http_body_timeout_s` (aiohttp bounds the head, not the body: a client
+    sending a byte a second would hold a connection and a handler as long as it liked). Past the
+    bound: 408 REQUEST_TIMEOUT; aiohttp then closes the connection after `http_linger_s`. Read only
+    after the route's guards, so a refused caller never gets to stream a body at all."""
+    bound = request.app[keys.SETTINGS].http_body_timeout_s
+    try:
+        async with asyncio.timeout(bound):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(ErrorCode.REQUEST_TIMEOUT, f"the request body did not arrive within {bound:g} s") from None
+
+
 async def _parse_body(request: web.Request, route: Route) -> Any:
     if route.raw_body:
-        return await request.read()
+        return await read_body(request)
     if route.body is None:
         return None
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         raw = b"{}"
     elif request.content_type not in ("application/json", "application/octet-stream", "text/plain", ""):
@@ -193,3 +209,13 @@ def mount(app: web.Application, routers: Sequence[Router]) -> None:
         for route in router.routes:
             app.router.add_route(route.method, route.path, _wrap(route), name=None)
 
+
+def idempotent_id(call: Call[Any], kind: str) -> uuid.UUID:
+    """The ledger id of what a keyed request creates (a tip, a payout, an adjustment).
+
+    Derived from the caller, `kind` and the key, so a retry whose first attempt died after the
+    ledger committed (no stored response to replay) resubmits the same id and the ledger answers
+    `exists` instead of moving tokens twice. Without a key every request is new: a fresh id.
+    """
+    key = idempotency_key(call.request)
+    return derived_id(kind, call.user.user_id, key) if key else uuid.uuid4()

@@ -28,7 +28,7 @@ from rest.framework.router import Call, Router
 from server import __version__
 from server.kernel import keys
 from server.kernel.addresses import address_in, networks
-from server.kernel.errors import forbidden
+from server.kernel.errors import ErrorCode, forbidden
 from server.kernel.net import client_ip
 
 router = Router("monitoring")
@@ -174,7 +174,7 @@ async def monitoring_health(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition; operators only)",
-            auth="public", rate="none", produces=PROMETHEUS)
+            auth="public", rate="none", produces=PROMETHEUS, errors=(ErrorCode.PERMISSION_DENIED,))
 async def metrics(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
@@ -182,7 +182,7 @@ async def metrics(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/v1/status", summary="Version, uptime, mode and live counts of the worker that answers (operators only)",
-            response=Status, auth="public", rate="none")
+            response=Status, auth="public", rate="none", errors=(ErrorCode.PERMISSION_DENIED,))
 async def status(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     app = call.app

@@ -11,7 +11,6 @@ from rest.framework.router import mount
 from rest.platform.health import DEPENDENCIES, DependencyCheck
 from server.app import lifecycle
 from server.http.access_log import access_middleware
-from server.http.body_timeout import body_timeout_middleware
 from server.http.error_middleware import error_middleware
 from server.http.web_client import add_web_routes
 from server.kernel import keys
@@ -25,7 +24,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     # The access log is outermost so it records the status the error middleware settled on; the
     # body timeout is inside the error middleware, so its 408 leaves in the error shape.
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[access_middleware, error_middleware, body_timeout_middleware])
+                          middlewares=[access_middleware, error_middleware])
     app[keys.SETTINGS] = settings
     app[keys.STARTED_AT] = time.time()
     app[keys.BACKGROUND] = []

@@ -68,7 +68,7 @@ def handler_options(settings: Settings) -> dict[str, Any]:
     """aiohttp's per-connection bounds. Its keep-alive timer starts when a connection opens and
     again after each answer, and closes the connection if no whole request head arrived by then:
     so it bounds a slow or stalled head as well as an idle connection (`http_header_timeout_s`).
-    The body is bounded by `server.http.body_timeout`."""
+    The body is bounded where a route reads it (`rest.framework.router.read_body`)."""
     return {"keepalive_timeout": settings.http_header_timeout_s, "lingering_time": settings.http_linger_s}
 
 

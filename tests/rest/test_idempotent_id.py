@@ -7,9 +7,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from rest.framework.idempotency import idempotent_id
 from rest.framework.params import PathValues
-from rest.framework.router import Call
+from rest.framework.router import Call, idempotent_id
 from server.kernel import keys
 from server.kernel.identity import Identity
 from tests.support.factories import TestUser, make_user

@@ -39,16 +39,16 @@ def doc(settings: Settings) -> dict[str, Any]:
 
 def test_framework_statuses_follow_route_properties(doc: dict[str, Any]) -> None:
     transfer = _op(doc, "post", "/v1/wallet/transfer")
-    assert {"200", "201", "400", "401", "403", "404", "409", "413", "415", "422", "429", "500", "503"} \
+    assert {"200", "201", "400", "401", "403", "404", "408", "409", "413", "415", "422", "429", "500", "503"} \
         <= set(transfer["responses"])
     assert _codes(transfer, 409) == ["CONFLICT", "IDEMPOTENCY_KEY_REUSED", "INSUFFICIENT_BALANCE"]
     assert _codes(transfer, 503) == ["OVERLOADED", "UNAVAILABLE"]
     assert _codes(transfer, 400) == ["BAD_REQUEST", "MALFORMED_JSON"]  # a bad Idempotency-Key, broken JSON
     assert _codes(transfer, 413) == ["PAYLOAD_TOO_LARGE"] and _codes(transfer, 415) == ["UNSUPPORTED_MEDIA_TYPE"]
     assert {"Idempotency-Key"} <= {p["name"] for p in transfer["parameters"]}
-    # no body, no path, no auth, no budget: nothing of that kind is promised
+    # no body, no path, no auth, no budget: nothing of that kind is promised (403: operators only)
     status = _op(doc, "get", "/v1/status")
-    assert set(status["responses"]) == {"200", "500"}
+    assert set(status["responses"]) == {"200", "403", "500"}
     # a route without a body never reads one: no 413/415; a public one is never 401
     balance = _op(doc, "get", "/v1/wallet/balance")
     assert set(balance["responses"]) == {"200", "401", "429", "500"}
