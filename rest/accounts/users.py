@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from server.accounts import users
 from server.accounts.tokens import token_service
 from server.kernel import keys
 from server.kernel.errors import ErrorCode
+from signaling.features.sessions import sessions
 
 router = Router("users")
 
@@ -73,7 +75,7 @@ USER = {"id": uuid_param("user")}
               errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT))
 async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
     user = await users.update_user(call.app[keys.DB], call.user, call.user.user_id, call.body.changes(),
-                                   token_service(call.app))
+                                   token_service(call.app), functools.partial(sessions.account_revoked, call.app))
     return ok(user.private())
 
 
@@ -89,7 +91,7 @@ async def get_user(call: Call[None]) -> web.StreamResponse:
               errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
     user = await users.update_user(call.app[keys.DB], call.user, call.path.uuid("id"), call.body.changes(),
-                                   token_service(call.app))
+                                   token_service(call.app), functools.partial(sessions.account_revoked, call.app))
     return ok(user.view_for(call.user))
 
 

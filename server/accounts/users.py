@@ -12,6 +12,7 @@ import datetime as dt
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, get_args
 from urllib.parse import urlsplit
@@ -44,6 +45,8 @@ URL_MAX = 2048
 # Roles anyone may sign up as (`register`); admins are made by the CLI or by another admin.
 SELF_REGISTER_ROLES: tuple[Role, ...] = ("viewer", "performer")
 SELF_FIELDS = frozenset({"display_name", "username", "bio", "profile_image_url", "country"})
+# Told (user, tokens valid after, new status) once a role or status change committed.
+OnRevoke = Callable[[uuid.UUID, float, str], Awaitable[None]]
 ADMIN_FIELDS = SELF_FIELDS | {"role", "status", "email_verified", "date_of_birth"}
 _COLUMNS = ("id, email, username, display_name, bio, profile_image_url, role, status, country, "
             "date_of_birth, email_verified, created_at, updated_at")
@@ -273,11 +276,12 @@ async def authenticate_password(db: DB, settings: Settings, email: str, password
 
 
 async def update_user(pool: asyncpg.Pool, actor: Identity, user_id: uuid.UUID, changes: dict[str, Any],
-                      tokens: TokenService | None = None) -> User:
+                      tokens: TokenService | None = None, on_revoke: OnRevoke | None = None) -> User:
     """Apply profile changes. Self may change SELF_FIELDS; an admin also ADMIN_FIELDS, but not their own
-    role or status. A role or status change revokes the user's access tokens issued before it (all
-    workers, within `key_cache_refresh_s`; this one at once via `tokens`); a non-active status also
-    revokes their refresh sessions."""
+    role or status. A role or status change revokes the user's access tokens issued before it (this
+    worker at once via `tokens`; the others within `key_cache_refresh_s`, or at once through
+    `on_revoke(user_id, cutoff, status)`, called after the commit: the caller's way to tell every
+    node and close the user's sockets); a non-active status also revokes their refresh sessions."""
     if actor.user_id != user_id and not actor.is_admin:
         raise forbidden("you may only change your own profile")
     allowed = ADMIN_FIELDS if actor.is_admin else SELF_FIELDS
@@ -305,8 +309,11 @@ async def update_user(pool: asyncpg.Pool, actor: Identity, user_id: uuid.UUID, c
         assert row is not None
         if fields.get("status", "active") != "active":
             await sessions.revoke_user_sessions(conn, user_id, "disabled")
+    cutoff = row["cutoff"] or time.time()
     if revoke and tokens is not None:
-        tokens.revoke_user_tokens(user_id, row["cutoff"] or time.time())
+        tokens.revoke_user_tokens(user_id, cutoff)
+    if revoke and on_revoke is not None:
+        await on_revoke(user_id, cutoff, row["status"])
     return User.from_row(row)
 
 

@@ -27,6 +27,9 @@ class Authenticator(Protocol):
     def authenticate(self, token: str) -> Identity:
         """Verify an access token; raise ApiError(INVALID_TOKEN / TOKEN_EXPIRED) when it is bad."""
 
+    def revoke_user_tokens(self, user_id: uuid.UUID, at: float) -> None:
+        """Refuse the user's access tokens issued before `at` (unix seconds) from now on."""
+
 
 def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")

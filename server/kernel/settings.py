@@ -41,7 +41,7 @@ class Settings(BaseSettings):
                                             "a reconnect storm of thousands overflows a small one.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300,
-                                      description="Bound on draining requests and ledger batches.")
+                                      description="Bound on draining requests, ledger batches and stream tip records.")
     public_url: str = Field("", description="External base URL (for Stripe redirects); default from host/port.")
 
     # --- services ------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class Settings(BaseSettings):
                                                     "(group commit: a batch is what queued while the previous one "
                                                     "committed) measured best from 1 to 256 submitters.")
     ledger_queue_max: int = Field(100_000, ge=1, description="Transfers queued before submit fails fast.")
-    ledger_sweep_interval_s: float = Field(1.0, gt=0, description="How often expired holds are voided.")
+    ledger_sweep_interval_s: float = Field(1.0, gt=0, description="How often due holds are expired.")
     ledger_sweep_batch_max: int = Field(1000, ge=1, le=8190, description="Most holds one sweep expires.")
     ledger_batch_attempts: int = Field(3, ge=1, le=10,
                                        description="Tries of a batch that PostgreSQL rolled back (deadlock, "

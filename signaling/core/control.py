@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from server.kernel import keys
 from signaling.core.broker import Broker, BrokerUnavailable, Publication
 from signaling.core.hub import Hub
 
@@ -47,11 +48,17 @@ class RemoveMember:
 
 @dataclass(frozen=True, slots=True)
 class DisconnectUser:
-    """Close every socket of the user with `code` (a `protocol.Close` value) and `reason`."""
+    """Close every socket of the user with `code` (a `protocol.Close` value) and `reason`.
+
+    With `revoke_before` (unix seconds), every node first refuses the user's access tokens issued
+    before it (the account was suspended or its role changed): a reconnect or an `auth` with the
+    old token fails at once on any node, not after the next key reload.
+    """
 
     user_id: uuid.UUID
     code: int
     reason: str
+    revoke_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +89,8 @@ def encode(action: Action) -> bytes:
     match action:
         case RemoveMember(user_id, room):
             body: dict[str, Any] = {"a": "remove", "u": str(user_id), "r": room}
-        case DisconnectUser(user_id, code, reason):
-            body = {"a": "disconnect", "u": str(user_id), "c": code, "m": reason}
+        case DisconnectUser(user_id, code, reason, revoke_before):
+            body = {"a": "disconnect", "u": str(user_id), "c": code, "m": reason, "v": revoke_before}
         case DeliverEvent(type_, data, user_id, conn_id, room):
             if (user_id is None) == (conn_id is None):
                 raise ValueError("deliver to exactly one of user_id or conn_id")
@@ -104,7 +111,9 @@ def decode(payload: bytes) -> Action:
     if kind == "remove":
         return RemoveMember(uuid.UUID(body["u"]), str(body["r"]))
     if kind == "disconnect":
-        return DisconnectUser(uuid.UUID(body["u"]), int(body["c"]), str(body["m"]))
+        revoke = body.get("v")
+        return DisconnectUser(uuid.UUID(body["u"]), int(body["c"]), str(body["m"]),
+                              float(revoke) if revoke is not None else None)
     if kind == "deliver":
         data = body["d"]
         if not isinstance(data, dict):
@@ -147,8 +156,9 @@ class Control:
     async def remove(self, user_id: uuid.UUID, room: str) -> None:
         await self.send(RemoveMember(user_id, room))
 
-    async def disconnect(self, user_id: uuid.UUID, code: int, reason: str) -> None:
-        await self.send(DisconnectUser(user_id, code, reason))
+    async def disconnect(self, user_id: uuid.UUID, code: int, reason: str, *,
+                         revoke_before: float | None = None) -> None:
+        await self.send(DisconnectUser(user_id, code, reason, revoke_before))
 
     async def deliver_to_user(self, user_id: uuid.UUID, type_: str, data: dict[str, Any], *,
                               room: str | None = None) -> None:
@@ -171,7 +181,9 @@ class Control:
         match action:
             case RemoveMember(user_id, room):
                 self._hub.remove_user(user_id, room)
-            case DisconnectUser(user_id, code, reason):
+            case DisconnectUser(user_id, code, reason, revoke_before):
+                if revoke_before is not None:
+                    self._hub.app[keys.AUTH].revoke_user_tokens(user_id, revoke_before)
                 self._hub.disconnect_user(user_id, code, reason)
             case DeliverEvent(type_, data, user_id, conn_id, room):
                 self._hub.deliver_direct(type_, data, user_id=user_id, conn_id=conn_id, room=room)

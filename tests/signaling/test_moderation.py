@@ -330,3 +330,44 @@ async def test_retention_purge_deletes_only_old_rows_in_bounded_batches(client: 
     assert left == set(fresh)
     assert await db.fetchval("SELECT user_id FROM room_mutes") == cast["viewer2"].id
     assert await db.fetchval("SELECT user_id FROM room_bans") == cast["viewer2"].id
+
+
+# --- ranks both ways: nobody acts on an equal or higher rank, or undoes what one did ------------
+
+async def test_a_muted_moderator_is_muted_and_cannot_unmute_himself(client: TestClient,
+                                                                     cast: dict[str, TestUser]) -> None:
+    app = client.app
+    host, mod = identity(cast["host"]), identity(cast["moderator"])
+    room = await _show(client, cast["host"], "public")
+    await moderation.add_moderator(app, host, room, cast["moderator"].id)
+    await moderation.mute(app, host, room, cast["moderator"].id, 600)
+    assert await _code(call_op(app, "chat.send", cast["moderator"], room, {"text": "hello"})) == "MUTED"
+    assert await _code(moderation.unmute(app, mod, room, cast["moderator"].id)) == "BAD_REQUEST"
+    assert await app[keys.DB].fetchval("SELECT count(*) FROM room_mutes WHERE room = $1", room) == 1
+    await moderation.unmute(app, host, room, cast["moderator"].id)  # whoever muted may lift it
+    assert (await call_op(app, "chat.send", cast["moderator"], room, {"text": "hello"}))["offset"] > 0
+
+
+async def test_a_moderator_cannot_lift_what_the_host_or_an_admin_placed(client: TestClient,
+                                                                         cast: dict[str, TestUser]) -> None:
+    app = client.app
+    host, mod, admin = identity(cast["host"]), identity(cast["moderator"]), identity(cast["admin"])
+    room = await _show(client, cast["host"], "public")
+    await moderation.add_moderator(app, host, room, cast["moderator"].id)
+    await moderation.ban(app, host, room, cast["viewer"].id, "by the host", None)
+    await moderation.ban(app, admin, room, cast["viewer2"].id, "by an admin", None)
+    assert await _code(moderation.unban(app, mod, room, cast["viewer"].id)) == "PERMISSION_DENIED"
+    assert await _code(moderation.unban(app, mod, room, cast["viewer2"].id)) == "PERMISSION_DENIED"
+    assert await _code(moderation.unban(app, host, room, cast["viewer2"].id)) == "PERMISSION_DENIED"
+    assert await app[keys.DB].fetchval("SELECT count(*) FROM room_bans WHERE room = $1", room) == 2
+    # A mute the host placed: the moderator may not lift it either; the admin may.
+    await moderation.mute(app, host, room, cast["viewer"].id, 60)
+    assert await _code(moderation.unmute(app, mod, room, cast["viewer"].id)) == "PERMISSION_DENIED"
+    await moderation.unmute(app, admin, room, cast["viewer"].id)
+    # What the moderator placed, the moderator (or anyone above) may lift.
+    other = await make_user(app)
+    await moderation.ban(app, mod, room, other.id, "by the moderator", None)
+    assert (await moderation.unban(app, mod, room, other.id))["unbanned"] is True
+    await moderation.unban(app, admin, room, cast["viewer2"].id)
+    await moderation.unban(app, host, room, cast["viewer"].id)
+    assert await app[keys.DB].fetchval("SELECT count(*) FROM room_bans WHERE room = $1", room) == 0

@@ -204,6 +204,9 @@ async def test_forged_and_expired_tokens(socket_client: MakeClient, monkeypatch:
 class ShortTokens:
     """`<seconds>:<uuid>` tokens that expire after the given seconds, to test expiry on a live socket."""
 
+    def revoke_user_tokens(self, user_id: uuid.UUID, at: float) -> None:
+        """Revocation is the real authenticator's; these tokens are for what comes after."""
+
     def authenticate(self, token: str) -> Identity:
         ttl, _, user = token.partition(":")
         try:

@@ -52,6 +52,9 @@ class PlainAuthenticator:
     Token signing is tested with the real authenticator; these tests are about what comes after.
     """
 
+    def revoke_user_tokens(self, user_id: uuid.UUID, at: float) -> None:
+        """Revocation is the real authenticator's; these tokens are for what comes after."""
+
     def authenticate(self, token: str) -> Identity:
         role, _, user = token.partition(":")
         if role not in ("viewer", "performer", "admin"):

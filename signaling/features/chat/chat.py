@@ -59,7 +59,7 @@ async def send_message(app: web.Application, author: Identity, room: str, raw_te
         raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, "this account no longer exists")
     if s.banned and s.rank < rooms.RANK["performer"]:
         raise ApiError(ErrorCode.BANNED, "you are banned from this room")
-    if s.muted_until is not None and s.rank < rooms.RANK["moderator"]:
+    if s.muted_until is not None:  # whoever muted them outranked them: staff muted are muted too
         raise ApiError(ErrorCode.MUTED, "you are muted in this room", details={"until": s.muted_until.isoformat()})
     if s.slow_mode_s and s.rank < rooms.RANK["moderator"]:
         # The interval is part of the key: changing slow mode starts everyone afresh.

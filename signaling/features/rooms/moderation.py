@@ -26,15 +26,30 @@ async def _require_staff(db: Db, room: str, actor: Identity, doing: str) -> None
         raise forbidden(f"only the performer or a moderator of this room may {doing}")
 
 
+_PLACED_BY = {"room_bans": "banned_by", "room_mutes": "muted_by"}
+
+
 async def _lift(app: web.Application, actor: Identity, room: str, target_id: uuid.UUID,
                 table: Literal["room_bans", "room_mutes"], what: str) -> None:
-    """Remove a ban or a mute (staff only); NOT_FOUND when there was none."""
-    db = app[keys.DB]
-    await _require_staff(db, room, actor, "do this")
-    removed = await db.fetchval(f"DELETE FROM {table} WHERE room = $1 AND user_id = $2 RETURNING true",
-                                room, target_id)
-    if not removed:
-        raise not_found(what)
+    """Remove a ban or a mute; NOT_FOUND when there was none.
+
+    The same rank rule as placing it, both ways: the actor must outrank the target (so nobody lifts
+    their own mute), and may undo only what they placed themselves or what someone they outrank
+    placed (a moderator cannot lift the host's or an admin's ban).
+    """
+    async with app[keys.DB].acquire() as conn, conn.transaction():
+        me, _ = await _actor_and_target(conn, room, actor, target_id)
+        placed_by = await conn.fetchrow(
+            f"SELECT {_PLACED_BY[table]} AS who FROM {table} WHERE room = $1 AND user_id = $2 FOR UPDATE",
+            room, target_id)
+        if placed_by is None:
+            raise not_found(what)
+        placer = placed_by["who"]
+        if placer is not None and placer != actor.user_id:
+            them, _ = await standing(conn, room, placer)
+            if them.rank >= me.rank:
+                raise forbidden(f"only whoever placed this {what}, or someone who outranks them, may lift it")
+        await conn.execute(f"DELETE FROM {table} WHERE room = $1 AND user_id = $2", room, target_id)
 
 async def _actor_and_target(db: Db, room: str, actor: Identity, target_id: uuid.UUID,
                             *, min_rank: int = RANK["moderator"]) -> tuple[Standing, Standing]:
