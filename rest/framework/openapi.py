@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from rest.framework.params import PLACEHOLDER, placeholders
 from rest.framework.responses import error_schema, error_schema_of, ok_schema
-from rest.framework.router import Route, Router
+from rest.framework.router import EMPTY_BODY, Route, Router
 from rest.framework.schema import SETTING_KEY
 from server import __version__
 from server.kernel.errors import ErrorCode
@@ -135,6 +135,16 @@ def _query_params(route: Route) -> list[dict[str, Any]]:
             for name, prop in schema.get("properties", {}).items()]
 
 
+def _empty_body_valid(model: type[BaseModel]) -> bool:
+    """Whether the route takes a request without a body: the router reads an empty body as
+    `EMPTY_BODY`, so the body is optional exactly when that is valid (every field optional)."""
+    try:
+        model.model_validate_json(EMPTY_BODY, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": route.summary,
@@ -152,7 +162,7 @@ def _operation(route: Route) -> dict[str, Any]:
     if params:
         op["parameters"] = params
     if route.body is not None:
-        op["requestBody"] = {"required": True, "content": {JSON: {
+        op["requestBody"] = {"required": not _empty_body_valid(route.body), "content": {JSON: {
             "schema": {"$ref": REF.format(model=route.body.__name__)}}}}
     elif route.raw_body:
         op["requestBody"] = {"required": True, "content": {JSON: {"schema": {}}}}
