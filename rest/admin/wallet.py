@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 
 from aiohttp import web
-from pydantic import BaseModel, Field, StrictInt, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from ledger.flows.grants import REASON_MAX_CHARS
 from ledger.model import INT64_MAX
+from rest.framework.fields import JsonInt
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router, idempotent_id
 from rest.framework.schema import Schema, from_settings
@@ -22,7 +23,7 @@ router = Router("admin")
 
 class AdjustIn(Schema):
     user_id: uuid.UUID
-    amount: StrictInt = Field(ge=-INT64_MAX, le=INT64_MAX, description="> 0 grants, < 0 takes back; never 0.",
+    amount: JsonInt = Field(ge=-INT64_MAX, le=INT64_MAX, description="> 0 grants, < 0 takes back; never 0.",
                               json_schema_extra={"not": {"const": 0}, **from_settings(
                                   minimum="-admin_adjust_max_tokens", maximum="admin_adjust_max_tokens")})
     reason: str = Field(min_length=1, max_length=REASON_MAX_CHARS)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 
 from aiohttp import web
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field
 
 from ledger.flows.payouts import Status
 from ledger.model import INT64_MAX
+from rest.framework.fields import JsonInt
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router, idempotent_id
@@ -24,7 +25,7 @@ PAYOUT = {"id": uuid_param("payout request")}
 
 
 class PayoutIn(Schema):
-    amount: StrictInt = Field(ge=1, le=INT64_MAX, json_schema_extra=from_settings(minimum="payout_min_tokens"))
+    amount: JsonInt = Field(ge=1, le=INT64_MAX, json_schema_extra=from_settings(minimum="payout_min_tokens"))
     id: uuid.UUID | None = Field(None, description="Request id; default: derived from Idempotency-Key, else random.")
 
 

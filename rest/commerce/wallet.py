@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Literal, get_args
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, StrictInt
+from pydantic import AwareDatetime, BaseModel, Field
 
 from ledger import Code
 from ledger.model import INT64_MAX
+from rest.framework.fields import JsonInt
 from rest.framework.idempotency import idempotency_key
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router, idempotent_id
@@ -63,7 +64,7 @@ class TransactionOut(BaseModel):
 
 class TransferIn(Schema):
     to_user_id: uuid.UUID
-    amount: StrictInt = Field(ge=1, le=INT64_MAX, json_schema_extra=from_settings(maximum="tip_max_tokens"))
+    amount: JsonInt = Field(ge=1, le=INT64_MAX, json_schema_extra=from_settings(maximum="tip_max_tokens"))
     message: str = Field("", max_length=SCHEMA_MESSAGE_MAX,
                          json_schema_extra=from_settings(maxLength="tip_message_max_chars"))
     id: uuid.UUID | None = Field(None, description="Tip id; default: derived from Idempotency-Key, else random.")
@@ -83,7 +84,7 @@ class TipOut(BaseModel):
 
 
 class BuyIn(Schema):
-    pack_tokens: StrictInt = Field(ge=1, le=INT64_MAX, description="One of the packs on sale (`/v1/wallet/packs`).",
+    pack_tokens: JsonInt = Field(ge=1, le=INT64_MAX, description="One of the packs on sale (`/v1/wallet/packs`).",
                                    json_schema_extra=from_settings(enum="token_packs"))
 
 

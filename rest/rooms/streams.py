@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from rest.framework.fields import INTEGRAL
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
@@ -102,7 +103,7 @@ class UserRef(Schema):
 class BanIn(Schema):
     user_id: uuid.UUID
     reason: str = Field("", max_length=moderation.BAN_REASON_MAX, description="Trimmed.")
-    duration_s: int | None = Field(None, ge=1, description="Omit for a permanent ban.",
+    duration_s: Annotated[int, Field(ge=1), INTEGRAL] | None = Field(None, description="Omit for a permanent ban.",
                                    json_schema_extra=from_settings(maximum="room_ban_max_s"))
 
 

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from rest import ROUTERS
 from rest.framework.openapi import build_openapi
 from server.kernel import keys
+from server.kernel.settings import Settings
 from tests.support.factories import make_user
 
 
@@ -34,3 +35,45 @@ async def test_a_body_whose_fields_are_all_optional_may_be_left_out(client: Test
     performer = await make_user(client.app, role="performer")
     resp = await client.post("/v1/streams", headers=performer.headers)
     assert resp.status == 422
+
+
+async def test_an_integer_written_with_a_zero_fraction_is_an_integer(client: TestClient) -> None:
+    """`{"duration_s": 2433.0}` matches the documented `{"type": "integer"}` (JSON Schema counts a
+    number with a zero fraction as an integer) but was refused 422 by the strict int; likewise
+    `"amount": 179369.0` on /v1/admin/wallet/adjust and the tip amount on /v1/wallet/transfer."""
+    admin = await make_user(client.app, role="admin")
+    performer = await make_user(client.app, role="performer")
+    viewer = await make_user(client.app)
+    resp = await client.post("/v1/admin/wallet/adjust", headers=admin.headers,
+                             json={"user_id": str(viewer.id), "amount": 179369.0, "reason": "grant"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["data"]["amount"] == 179369
+    resp = await client.post("/v1/wallet/transfer", headers=viewer.headers,
+                             json={"to_user_id": str(performer.id), "amount": 5.0})
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["data"]["amount"] == 5
+    stream = await client.post("/v1/streams", headers=performer.headers, json={"title": "t"})
+    stream_id = (await stream.json())["data"]["id"]
+    resp = await client.post(f"/v1/streams/{stream_id}/bans", headers=performer.headers,
+                             json={"user_id": str(viewer.id), "duration_s": 2433.0})
+    assert resp.status == 201, await resp.text()
+    # what is not an integer stays refused: a fraction, a string, a boolean
+    for amount in (5.5, "5", True):
+        resp = await client.post("/v1/wallet/transfer", headers=viewer.headers,
+                                 json={"to_user_id": str(performer.id), "amount": amount})
+        assert resp.status == 422, amount
+
+
+def test_the_document_uses_json_schema_keywords_for_bounds(settings: Settings) -> None:
+    """A bound pydantic could not translate shows as its own `ge`/`le` (which no client reads);
+    the BanIn duration did, once integral floats were taken."""
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            assert not {"ge", "le", "gt", "lt"} & set(node), where
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    walk(build_openapi(ROUTERS, settings)["components"]["schemas"], "#/components/schemas")

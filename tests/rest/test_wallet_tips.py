@@ -93,7 +93,8 @@ async def test_insufficient_balance_moves_nothing(client: TestClient, people: di
     assert await platform_revenue(app) == 0
 
 
-@pytest.mark.parametrize("amount", [0, -1, -100, 10.5, "10", 2**63, 2**70, None, True, [], {"n": 1}, 1e3])
+# 1e3 is not here: JSON (and the document's `"type": "integer"`) counts 1000.0 as the integer 1000
+@pytest.mark.parametrize("amount", [0, -1, -100, 10.5, "10", 2**63, 2**70, None, True, [], {"n": 1}])
 async def test_bad_amounts_are_refused_at_the_edge(client: TestClient, people: dict[str, TestUser],
                                                    amount: Any) -> None:
     await fund(client.app, people["viewer"].id, 10_000)
