@@ -192,7 +192,8 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         body = await _parse_body(request, route)
         query = _parse_query(request, route)
         call: Call[Any] = Call(request, path, body, query, identity)
-        if route.idempotent and request.headers.get("Idempotency-Key"):
+        # A key that is sent is checked, an empty one too (refused: 1-255 characters, as documented)
+        if route.idempotent and "Idempotency-Key" in request.headers:
             response = await run_idempotent(request, identity, lambda: route.handler(call))
         else:
             response = await route.handler(call)

@@ -102,7 +102,7 @@ async def test_bad_idempotency_keys(client: TestClient, doc: dict[str, Any]) -> 
             # the body is validated first (an empty one fails most routes), then the key
             resp = await client.request(method, path, json={}, headers={**admin.headers, "Idempotency-Key": key})
             assert (await _error(resp))[0] in (400, 403, 422), (path, key)
-        # blanks only: HTTP trims header values, so this is a request without a key
+        # blanks only: HTTP trims header values, so this is an empty key (refused after the body)
         resp = await client.request(method, path, json={}, headers={**admin.headers, "Idempotency-Key": "   "})
         assert resp.status in (403, 422), path
     too_long = {**admin.headers, "Idempotency-Key": "k" * 256}

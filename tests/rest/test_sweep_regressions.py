@@ -77,3 +77,18 @@ def test_the_document_uses_json_schema_keywords_for_bounds(settings: Settings) -
                 walk(value, f"{where}/{i}")
 
     walk(build_openapi(ROUTERS, settings)["components"]["schemas"], "#/components/schemas")
+
+
+async def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
+    """`Idempotency-Key:` (empty) on POST /v1/streams created a stream without idempotency; the
+    document declares the key 1-255 characters. A client that sends one believes its retries are
+    safe, so an empty (or all-blank: HTTP trims it) key is a 400, not silently no key."""
+    performer = await make_user(client.app, role="performer")
+    for key in ("", "   "):
+        resp = await client.post("/v1/streams", headers=performer.keyed(key), json={"title": "t"})
+        assert resp.status == 400, key
+        assert (await resp.json())["error"]["code"] == "BAD_REQUEST"
+    listed = await client.get("/v1/streams", params={"status": "all", "host_id": str(performer.id)})
+    assert (await listed.json())["meta"]["total"] == 0
+    resp = await client.post("/v1/streams", headers=performer.headers, json={"title": "t"})
+    assert resp.status == 201
