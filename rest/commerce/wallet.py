@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Literal, get_args
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from ledger import Code
 from ledger.model import INT64_MAX
-from rest.framework.fields import JsonInt
+from rest.framework.fields import DateTime, JsonInt
 from rest.framework.idempotency import idempotency_key
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router, idempotent_id
@@ -42,8 +42,8 @@ class BalanceOut(BaseModel):
 class TransactionsQuery(PageQuery):
     cursor: int | None = Field(None, ge=1, le=INT64_MAX, description="`meta.next_cursor` of the previous page.")
     code: CodeName | None = Field(None, description="Only transfers of this ledger code.")
-    since: AwareDatetime | None = Field(None, description="created_at >= since (ISO 8601 with offset).")
-    until: AwareDatetime | None = Field(None, description="created_at < until.")
+    since: DateTime | None = Field(None, description="created_at >= since (ISO 8601 with offset).")
+    until: DateTime | None = Field(None, description="created_at < until.")
 
 
 class TransactionOut(BaseModel):

@@ -92,3 +92,15 @@ async def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
     assert (await listed.json())["meta"]["total"] == 0
     resp = await client.post("/v1/streams", headers=performer.headers, json={"title": "t"})
     assert resp.status == 201
+
+
+async def test_transaction_time_filters_take_rfc3339_date_times_only(client: TestClient) -> None:
+    """`GET /v1/wallet/transactions?until=0.5` answered 200: pydantic read 0.5 as a unix time, while
+    the document declares `format: date-time`. Numbers and other spellings are now 422."""
+    viewer = await make_user(client.app)
+    for value in ("0.5", "1700000000", "2024-05-01", "2024-05-01T12:00:00", "2024-05-01 12:00:00Z"):
+        resp = await client.get("/v1/wallet/transactions", params={"until": value}, headers=viewer.headers)
+        assert resp.status == 422, value
+    for value in ("2024-05-01T12:00:00Z", "2024-05-01T12:00:00.5+02:00"):
+        resp = await client.get("/v1/wallet/transactions", params={"since": value}, headers=viewer.headers)
+        assert resp.status == 200, value
