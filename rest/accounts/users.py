@@ -6,7 +6,7 @@ import functools
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
 
 from rest.accounts.auth import UserOut
 from rest.accounts.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
@@ -38,6 +38,9 @@ class PublicUserOut(BaseModel):
 class UserPatch(Schema):
     """Fields to change; absent fields stay, `null` clears an optional one. role, status,
     email_verified and date_of_birth are for admins."""
+
+    # the document states the one rule across fields: not both image fields
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["profile_image_url", "avatar_url"]}})
 
     display_name: DisplayName | None = None
     username: Username | None = None

@@ -104,3 +104,15 @@ async def test_transaction_time_filters_take_rfc3339_date_times_only(client: Tes
     for value in ("2024-05-01T12:00:00Z", "2024-05-01T12:00:00.5+02:00"):
         resp = await client.get("/v1/wallet/transactions", params={"since": value}, headers=viewer.headers)
         assert resp.status == 200, value
+
+
+async def test_the_profile_patch_documents_one_image_field_at_a_time(client: TestClient) -> None:
+    """PATCH /v1/users/{id} with both `profile_image_url` and `avatar_url` (its alias) is 422, which
+    the document did not say: a schema-valid request was refused. It now says `not: {required: both}`."""
+    viewer = await make_user(client.app)
+    both = {"profile_image_url": "https://example.test/a.png", "avatar_url": "https://example.test/b.png"}
+    resp = await client.patch(f"/v1/users/{viewer.id}", headers=viewer.headers, json=both)
+    assert resp.status == 422
+    patch = _doc(client)["components"]["schemas"]["UserPatch"]
+    assert patch["not"] == {"required": ["profile_image_url", "avatar_url"]}
+    assert patch["additionalProperties"] is False
