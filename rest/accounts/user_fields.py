@@ -13,7 +13,8 @@ from pydantic import AfterValidator, Field
 
 from server.accounts import users
 
-Email = Annotated[str, Field(max_length=users.EMAIL_MAX), AfterValidator(users.check_email)]
+Email = Annotated[str, Field(max_length=users.EMAIL_MAX, json_schema_extra={"pattern": users.EMAIL_PATTERN}),
+                  AfterValidator(users.check_email)]
 DisplayName = Annotated[str, Field(max_length=users.DISPLAY_NAME_MAX * 4, json_schema_extra={
     "minLength": 1, "maxLength": users.DISPLAY_NAME_MAX}), AfterValidator(users.check_display_name)]
 Username = Annotated[str, Field(json_schema_extra={"pattern": users.USERNAME_PATTERN}),

@@ -31,7 +31,10 @@ Status = Literal["active", "suspended", "banned"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 DB: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f.]+(\.[^@\s\x00-\x1f.]+)+$")
+_EMAIL_CORE = r"[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f.]+(\.[^@\s\x00-\x1f.]+)+"
+_EMAIL = re.compile("^" + _EMAIL_CORE + "$")
+# What `check_email` takes, for the document: the address with the blanks around it it trims.
+EMAIL_PATTERN = r"^\s*" + _EMAIL_CORE + r"\s*$"
 USERNAME_PATTERN = r"^[A-Za-z0-9_]{3,32}$"
 COUNTRY_PATTERN = r"^[A-Z]{2}$"
 _USERNAME = re.compile(USERNAME_PATTERN)
