@@ -204,7 +204,7 @@ async def stream_viewers(call: Call[None]) -> web.StreamResponse:
 
 @router.post("/v1/streams/{id}/moderators", summary="Appoint a room moderator (host or admin)", body=UserRef,
              params=STREAM, response=RoleOut, status=201, rate="streaming",
-             errors=(ErrorCode.BAD_REQUEST, ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
+             errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await moderation.add_moderator(call.app, call.user, room, call.body.user_id), status=201)
@@ -229,7 +229,7 @@ async def list_bans(call: Call[None]) -> web.StreamResponse:
 
 @router.post("/v1/streams/{id}/bans", summary="Ban a user from the stream's room and remove them at once",
              params=STREAM, body=BanIn, response=BanOut, status=201, rate="streaming",
-             errors=(ErrorCode.BAD_REQUEST, ErrorCode.PERMISSION_DENIED))
+             errors=(ErrorCode.PERMISSION_DENIED,))
 async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     b = call.body

@@ -133,3 +133,19 @@ async def test_register_documents_the_email_rule(client: TestClient) -> None:
     resp = await client.post("/v1/auth/register", json={"email": " someone@c.example ",
                                                         "password": "Correct-Horse-Battery-9", "display_name": "x"})
     assert resp.status == 201, await resp.text()
+
+
+async def test_acting_on_yourself_in_a_room_is_forbidden_not_malformed(client: TestClient) -> None:
+    """DELETE /v1/streams/{id}/bans/{user_id} by a viewer naming themselves answered 400 BAD_REQUEST
+    ("you cannot do this to yourself"), a status the route does not declare, for a well-formed
+    request. Acting on yourself is the rank rule's own case (nobody outranks themselves): 403."""
+    performer = await make_user(client.app, role="performer")
+    viewer = await make_user(client.app)
+    stream = await client.post("/v1/streams", headers=performer.headers, json={"title": "t"})
+    stream_id = (await stream.json())["data"]["id"]
+    resp = await client.delete(f"/v1/streams/{stream_id}/bans/{viewer.id}", headers=viewer.headers)
+    assert resp.status == 403
+    for path, body in ((f"/v1/streams/{stream_id}/bans", {"user_id": str(performer.id)}),
+                       (f"/v1/streams/{stream_id}/moderators", {"user_id": str(performer.id)})):
+        resp = await client.post(path, headers=performer.headers, json=body)
+        assert (resp.status, (await resp.json())["error"]["code"]) == (403, "PERMISSION_DENIED"), path

@@ -54,8 +54,8 @@ async def _lift(app: web.Application, actor: Identity, room: str, target_id: uui
 async def _actor_and_target(db: Db, room: str, actor: Identity, target_id: uuid.UUID,
                             *, min_rank: int = RANK["moderator"]) -> tuple[Standing, Standing]:
     """Check that `actor` may act on `target_id` in `room`; return both standings."""
-    if actor.user_id == target_id:
-        raise ApiError(ErrorCode.BAD_REQUEST, "you cannot do this to yourself")
+    if actor.user_id == target_id:  # the rank rule's own case (nobody outranks themselves): a 403 like it
+        raise forbidden("you may not do this to yourself")
     me, _ = await standing(db, room, actor.user_id)
     if me.rank < min_rank:
         raise forbidden("only the performer or a moderator of this room may do this"
