@@ -13,7 +13,7 @@ from rest.accounts.user_fields import Bio, Country, DateOfBirth, DisplayName, Ur
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
-from rest.framework.schema import Schema
+from rest.framework.schema import Schema, not_null
 from server.accounts import users
 from server.accounts.tokens import token_service
 from server.kernel import keys
@@ -36,21 +36,22 @@ class PublicUserOut(BaseModel):
 
 
 class UserPatch(Schema):
-    """Fields to change; absent fields stay, `null` clears an optional one. role, status,
-    email_verified and date_of_birth are for admins."""
+    """Fields to change; absent fields stay, `null` clears an optional one (username, bio, the image,
+    country, date of birth; the others cannot be null). role, status, email_verified and
+    date_of_birth are for admins."""
 
     # the document states the one rule across fields: not both image fields
     model_config = ConfigDict(json_schema_extra={"not": {"required": ["profile_image_url", "avatar_url"]}})
 
-    display_name: DisplayName | None = None
+    display_name: DisplayName | None = Field(None, json_schema_extra=not_null)
     username: Username | None = None
     bio: Bio | None = None
     profile_image_url: Url | None = None
     avatar_url: Url | None = Field(None, description="Alias of profile_image_url.")
     country: Country | None = None
-    role: Literal["viewer", "performer", "admin"] | None = None
-    status: Literal["active", "suspended", "banned"] | None = None
-    email_verified: bool | None = None
+    role: Literal["viewer", "performer", "admin"] | None = Field(None, json_schema_extra=not_null)
+    status: Literal["active", "suspended", "banned"] | None = Field(None, json_schema_extra=not_null)
+    email_verified: bool | None = Field(None, json_schema_extra=not_null)
     date_of_birth: DateOfBirth | None = None
 
     @model_validator(mode="after")

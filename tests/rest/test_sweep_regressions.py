@@ -149,3 +149,20 @@ async def test_acting_on_yourself_in_a_room_is_forbidden_not_malformed(client: T
                        (f"/v1/streams/{stream_id}/moderators", {"user_id": str(performer.id)})):
         resp = await client.post(path, headers=performer.headers, json=body)
         assert (resp.status, (await resp.json())["error"]["code"]) == (403, "PERMISSION_DENIED"), path
+
+
+async def test_profile_fields_that_cannot_be_cleared_are_not_nullable_in_the_document(client: TestClient) -> None:
+    """PATCH /v1/users/{id} with `"email_verified": null` (the document offered null for every
+    field: "null clears an optional one") was refused 422: role, status, email_verified and
+    display_name cannot be cleared. The document now leaves the null out for those four."""
+    admin = await make_user(client.app, role="admin")
+    target = await make_user(client.app)
+    props = _doc(client)["components"]["schemas"]["UserPatch"]["properties"]
+    for field in ("display_name", "role", "status", "email_verified"):
+        assert "anyOf" not in props[field] and props[field]["type"] != "null", field
+        resp = await client.patch(f"/v1/users/{target.id}", headers=admin.headers, json={field: None})
+        assert resp.status == 422, field
+    for field in ("username", "bio", "profile_image_url", "country", "date_of_birth"):
+        assert {"type": "null"} in props[field]["anyOf"], field
+        resp = await client.patch(f"/v1/users/{target.id}", headers=admin.headers, json={field: None})
+        assert resp.status == 200, field
