@@ -20,7 +20,8 @@ DisplayName = Annotated[str, Field(max_length=users.DISPLAY_NAME_MAX * 4, json_s
 Username = Annotated[str, Field(json_schema_extra={"pattern": users.USERNAME_PATTERN}),
                      AfterValidator(users.check_username)]
 Bio = Annotated[str, Field(max_length=users.BIO_MAX), AfterValidator(users.check_bio)]
-Url = Annotated[str, Field(max_length=users.URL_MAX), AfterValidator(users.check_url)]
+Url = Annotated[str, Field(max_length=users.URL_MAX, json_schema_extra={"pattern": users.URL_PATTERN}),
+                AfterValidator(users.check_url)]
 Country = Annotated[str, Field(json_schema_extra={"pattern": users.COUNTRY_PATTERN}),
                     AfterValidator(users.check_country)]
 DateOfBirth = Annotated[dt.date, AfterValidator(users.check_date_of_birth)]

@@ -166,3 +166,17 @@ async def test_profile_fields_that_cannot_be_cleared_are_not_nullable_in_the_doc
         assert {"type": "null"} in props[field]["anyOf"], field
         resp = await client.patch(f"/v1/users/{target.id}", headers=admin.headers, json={field: None})
         assert resp.status == 200, field
+
+
+async def test_image_urls_follow_the_documented_pattern(client: TestClient) -> None:
+    """PATCH /v1/me with `"avatar_url": "000…"` matched the document (any string up to 2048) and
+    was refused 422 by the domain's URL check. The domain's rule is now a pattern the document
+    states (http(s), an ASCII host, optional port, no blanks), and both refuse the same."""
+    viewer = await make_user(client.app)
+    pattern = _doc(client)["components"]["schemas"]["UserPatch"]["properties"]["avatar_url"]["anyOf"][0]["pattern"]
+    for url, accepted in (("0" * 1000, False), ("https://cdn.example.com/a.png", True),
+                          ("HTTP://CDN.EXAMPLE.COM:8080/a?b=c#d", True), ("https://user@cdn.example.com/", False),
+                          ("javascript:alert(1)", False), ("https://cdn.example.com/a b", False)):
+        assert bool(re.search(pattern, url)) is accepted, url
+        resp = await client.patch("/v1/me", headers=viewer.headers, json={"avatar_url": url})
+        assert resp.status == (200 if accepted else 422), url
