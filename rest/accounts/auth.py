@@ -12,7 +12,7 @@ from rest.accounts.user_fields import Country, DateOfBirth, DisplayName, Email, 
 from rest.framework.responses import document, ok
 from rest.framework.router import Call, Router
 from rest.framework.schema import Schema, from_settings
-from server.accounts import sessions, users
+from server.accounts import passwords, sessions, users
 from server.accounts.tokens import token_service
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
@@ -78,8 +78,10 @@ class Jwks(BaseModel):
 
 class RegisterBody(Schema):
     email: Email
-    password: str = Field(max_length=PASSWORD_INPUT_MAX, json_schema_extra=from_settings(
-        minLength="password_min_chars", maxLength="password_max_chars"))
+    password: str = Field(
+        max_length=PASSWORD_INPUT_MAX, description=f"It {passwords.MIX_RULE}, and must not be the email address.",
+        json_schema_extra={"pattern": passwords.MIX_PATTERN,
+                           **from_settings(minLength="password_min_chars", maxLength="password_max_chars")})
     display_name: DisplayName
     username: Username | None = None
     role: SelfRole = Field("viewer", description="Admins are made by the CLI or by another admin.")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -20,7 +22,13 @@ from server.kernel.errors import ApiError, ErrorCode
 from server.kernel.settings import Settings
 
 T = TypeVar("T")
-_CLASSES = (str.islower, str.isupper, str.isdigit)
+# The mix rule's character classes as regular expressions, so that the OpenAPI document states the
+# rule exactly (JSON Schema patterns have no Unicode case classes): a-z, A-Z, 0-9 and anything else.
+_MIX_CLASSES = ("[a-z]", "[A-Z]", "[0-9]", "[^a-zA-Z0-9]")
+# Two characters of different classes, in either order: what a password must contain somewhere.
+MIX_PATTERN = "|".join(f"{a}[\\s\\S]*{b}" for a, b in itertools.permutations(_MIX_CLASSES, 2))
+_MIX = re.compile(MIX_PATTERN)
+MIX_RULE = "must mix at least two of: lower case a-z, upper case A-Z, digits, other characters"
 
 
 def policy_problems(password: str, email: str, settings: Settings) -> list[str]:
@@ -30,9 +38,8 @@ def policy_problems(password: str, email: str, settings: Settings) -> list[str]:
         problems.append(f"must be at least {settings.password_min_chars} characters")
     if len(password) > settings.password_max_chars:
         problems.append(f"must be at most {settings.password_max_chars} characters")
-    classes = {next((i for i, test in enumerate(_CLASSES) if test(ch)), len(_CLASSES)) for ch in password}
-    if len(classes) < 2:
-        problems.append("must mix at least two of: lower case, upper case, digits, other characters")
+    if not _MIX.search(password):
+        problems.append(MIX_RULE)
     if password.strip().casefold() == email.strip().casefold():
         problems.append("must not be the email address")
     return problems
