@@ -196,3 +196,29 @@ async def test_register_documents_the_password_mix_rule(client: TestClient) -> N
         resp = await client.post("/v1/auth/register", json={"email": f"mix{n}@example.test", "password": password,
                                                             "display_name": "x"})
         assert resp.status == (201 if accepted else 422), password
+
+
+async def test_well_formed_tips_refused_by_the_rules_are_not_validation_errors(client: TestClient) -> None:
+    """POST /v1/wallet/transfer by a performer naming themselves was refused 422 VALIDATION_ERROR
+    ("you cannot tip yourself"), although the request matches the document: whom a tip may go to
+    is a rule about who and what, not about the request's shape. Yourself is now 403 (as over the
+    socket, where the host may not tip in their room); a recipient that is no active performer, or
+    not the host of the named stream, is 409."""
+    performer = await make_user(client.app, role="performer")
+    other = await make_user(client.app, role="performer")
+    viewer = await make_user(client.app)
+    admin = await make_user(client.app, role="admin")
+    await client.post("/v1/admin/wallet/adjust", headers=admin.headers,
+                      json={"user_id": str(performer.id), "amount": 100, "reason": "r"})
+    resp = await client.post("/v1/wallet/transfer", headers=performer.headers,
+                             json={"to_user_id": str(performer.id), "amount": 1})
+    assert (resp.status, (await resp.json())["error"]["code"]) == (403, "PERMISSION_DENIED")
+    resp = await client.post("/v1/wallet/transfer", headers=performer.headers,
+                             json={"to_user_id": str(viewer.id), "amount": 1})
+    assert (resp.status, (await resp.json())["error"]["code"]) == (409, "CONFLICT")
+    stream = await client.post("/v1/streams", headers=other.headers, json={"title": "t"})
+    stream_id = (await stream.json())["data"]["id"]
+    await client.post(f"/v1/streams/{stream_id}/start", headers=other.headers)
+    resp = await client.post("/v1/wallet/transfer", headers=performer.headers,
+                             json={"to_user_id": str(viewer.id), "amount": 1, "stream_id": stream_id})
+    assert (resp.status, (await resp.json())["error"]["code"]) == (409, "CONFLICT")

@@ -120,9 +120,9 @@ async def test_bad_recipients(client: TestClient, people: dict[str, TestUser]) -
     await fund(app, performer.id, 1000)
     cases: list[tuple[TestUser, dict[str, Any], int, str]] = [
         (viewer, {"to_user_id": str(uuid.uuid4()), "amount": 5}, 404, "NOT_FOUND"),
-        (viewer, {"to_user_id": str(people["other"].id), "amount": 5}, 422, "VALIDATION_ERROR"),  # not a performer
-        (viewer, {"to_user_id": str(people["admin"].id), "amount": 5}, 422, "VALIDATION_ERROR"),
-        (performer, {"to_user_id": str(performer.id), "amount": 5}, 422, "VALIDATION_ERROR"),  # yourself
+        (viewer, {"to_user_id": str(people["other"].id), "amount": 5}, 409, "CONFLICT"),  # not a performer
+        (viewer, {"to_user_id": str(people["admin"].id), "amount": 5}, 409, "CONFLICT"),
+        (performer, {"to_user_id": str(performer.id), "amount": 5}, 403, "PERMISSION_DENIED"),  # yourself
         (viewer, {"to_user_id": "not-a-uuid", "amount": 5}, 422, "VALIDATION_ERROR"),
         (viewer, {"amount": 5}, 422, "VALIDATION_ERROR"),
         # Naming someone else's wallet as the source is not a field at all.
@@ -139,7 +139,7 @@ async def test_bad_recipients(client: TestClient, people: dict[str, TestUser]) -
     assert await available(app, performer.id, AccountKind.EARNINGS) == 0
     await app[keys.DB].execute("UPDATE users SET status = 'suspended' WHERE id = $1", performer.id)
     resp = await _tip(client, viewer, {"to_user_id": str(performer.id), "amount": 5})
-    assert resp.status == 422
+    assert resp.status == 409
 
 
 async def test_idempotency_key_replays_and_refuses_a_different_body(client: TestClient,

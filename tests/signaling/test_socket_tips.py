@@ -213,5 +213,5 @@ async def test_rest_tips_to_a_stream_respect_the_room_rules(socket_client: MakeC
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "NOT_FOUND"
     resp = await client.post("/v1/wallet/transfer", json={**body, "to_user_id": private["host_id"]},
                              headers=outsider.headers)
-    assert resp.status == 422, "a stream's id with another performer as recipient"
+    assert resp.status == 409, "a stream's id with another performer as recipient"
     assert await available(app, fan.id) == 100 and await available(app, outsider.id) == 100

@@ -2,7 +2,9 @@
 
 Checks, cheapest first: amount (1..`tip_max_tokens`) and message; the stream (visible to the
 sender, else NOT_FOUND whatever its status; then live; the recipient is its host); not yourself;
-the recipient exists and is an active performer; the sender owes no debt. Then the ledger moves
+the recipient exists and is an active performer; the sender owes no debt. A request that is well
+formed but refused by these rules is 403 (yourself), 404 or 409 (the stream or the recipient is not
+in a state to take it), never 422: the document states what 422 refuses. Then the ledger moves
 the tip (`ledger.flows.tips`: fee split, linked legs, leg ids derived from the tip id). A tip in a
 stream is then recorded (`stream_tips`, the stream's running total, top tippers; batched by
 `TipRecorder`) and `tip.received` is published to the room with idempotency key `tip:{id}`.
@@ -72,8 +74,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
         if stream is None:
             raise not_found("stream")
         if to_user_id is not None and to_user_id != stream["host_id"]:
-            raise ApiError(ErrorCode.VALIDATION_ERROR,
-                           "to_user_id is not this stream's host", details={"field": "to_user_id"})
+            raise ApiError(ErrorCode.CONFLICT, "to_user_id is not this stream's host", details={"field": "to_user_id"})
         if stream["status"] != "live":
             raise ApiError(ErrorCode.CONFLICT, "tips go to live streams", details={"status": stream["status"]})
         to_user_id = stream["host_id"]
@@ -84,8 +85,8 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     if to_user_id is None:
         raise ApiError(ErrorCode.VALIDATION_ERROR, "name the performer (to_user_id) or the stream",
                        details={"field": "to_user_id"})
-    if to_user_id == sender.user_id:
-        raise ApiError(ErrorCode.VALIDATION_ERROR, "you cannot tip yourself", details={"field": "to_user_id"})
+    if to_user_id == sender.user_id:  # as in a room, where the host's grant has no tipping
+        raise ApiError(ErrorCode.PERMISSION_DENIED, "you cannot tip yourself", details={"field": "to_user_id"})
     # One round trip for both users and the sender's debt (`ledger.flows.debts` owns `wallet_debts`;
     # reading it here saves a query per tip on the hot path).
     people = {r["id"]: r for r in await db.fetch(
@@ -98,7 +99,7 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     if recipient is None:
         raise not_found("user")
     if recipient["role"] != "performer" or recipient["status"] != "active":
-        raise ApiError(ErrorCode.VALIDATION_ERROR, "this user cannot receive tips", details={"field": "to_user_id"})
+        raise ApiError(ErrorCode.CONFLICT, "this user cannot receive tips", details={"field": "to_user_id"})
     owed = people[sender.user_id]["owed"]
     if owed:
         raise ApiError(ErrorCode.WALLET_RESTRICTED,
