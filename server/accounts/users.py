@@ -46,6 +46,13 @@ _COUNTRY = re.compile(COUNTRY_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 EMAIL_MAX = 254
 DISPLAY_NAME_MAX = 100
+# A display name: 1-DISPLAY_NAME_MAX characters without control characters once the blanks around
+# them are trimmed (the raw value may carry more blanks). `check_display_name` matches it, and the
+# document states it.
+_VISIBLE, _NOT_CONTROL = r"[^\s\x00-\x1f\x7f]", r"[^\x00-\x1f\x7f]"
+DISPLAY_NAME_PATTERN = (r"^\s*" + _VISIBLE + "(" + _NOT_CONTROL + "{0," + str(DISPLAY_NAME_MAX - 2) + "}"
+                        + _VISIBLE + r")?\s*$")
+_DISPLAY_NAME = re.compile(DISPLAY_NAME_PATTERN)
 BIO_MAX = 2000
 URL_MAX = 2048
 
@@ -69,10 +76,9 @@ def check_email(value: str) -> str:
 
 
 def check_display_name(value: str) -> str:
-    name = value.strip()
-    if not name or len(name) > DISPLAY_NAME_MAX or _CONTROL.search(name):
+    if not _DISPLAY_NAME.fullmatch(value):
         raise ValueError(f"must be 1-{DISPLAY_NAME_MAX} characters without control characters")
-    return name
+    return value.strip()
 
 
 def check_username(value: str) -> str:

@@ -222,3 +222,18 @@ async def test_well_formed_tips_refused_by_the_rules_are_not_validation_errors(c
     resp = await client.post("/v1/wallet/transfer", headers=performer.headers,
                              json={"to_user_id": str(viewer.id), "amount": 1, "stream_id": stream_id})
     assert (resp.status, (await resp.json())["error"]["code"]) == (409, "CONFLICT")
+
+
+async def test_display_names_follow_the_documented_pattern(client: TestClient) -> None:
+    """POST /v1/auth/register with `"display_name": "\\u001b\\u00ac"` matched the document (1-100
+    characters) and was refused 422: the domain refuses control characters and counts the length
+    after trimming. The document now states that rule as a pattern over the raw value."""
+    viewer = await make_user(client.app)
+    pattern = _doc(client)["components"]["schemas"]["RegisterBody"]["properties"]["display_name"]["pattern"]
+    for name, accepted in (("\u001b\u00ac", False), ("a\tb", False), ("   ", False), ("  Ann  ", True),
+                           ("x" * 100 + " " * 50, True), ("x" * 101, False), ("\u00d7 \u00b1", True)):
+        assert bool(re.search(pattern, name)) is accepted, name
+        resp = await client.patch("/v1/me", headers=viewer.headers, json={"display_name": name})
+        assert resp.status == (200 if accepted else 422), name
+        if accepted:
+            assert (await resp.json())["data"]["display_name"] == name.strip()
