@@ -8,7 +8,7 @@ trimmed length).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
@@ -25,4 +25,10 @@ Url = Annotated[str, Field(max_length=users.URL_MAX, json_schema_extra={"pattern
                 AfterValidator(users.check_url)]
 Country = Annotated[str, Field(json_schema_extra={"pattern": users.COUNTRY_PATTERN}),
                     AfterValidator(users.check_country)]
-DateOfBirth = Annotated[dt.date, AfterValidator(users.check_date_of_birth)]
+
+
+def _date_of_birth(schema: dict[str, Any]) -> None:
+    schema["pattern"] = users.date_of_birth_pattern(dt.date.today())  # as of the document's building
+
+
+DateOfBirth = Annotated[dt.date, Field(json_schema_extra=_date_of_birth), AfterValidator(users.check_date_of_birth)]

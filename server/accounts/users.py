@@ -114,9 +114,25 @@ def check_country(value: str) -> str:
     return value
 
 
+DATE_OF_BIRTH_MIN_YEAR = 1900
+
+
+def date_of_birth_pattern(today: dt.date) -> str:
+    """The years a date of birth may have on `today` (DATE_OF_BIRTH_MIN_YEAR to last year) as a
+    pattern over the ISO date, for the document: one alternative per decade, e.g. `202[0-5]`."""
+    years = range(DATE_OF_BIRTH_MIN_YEAR, today.year)
+    decades: dict[str, list[int]] = {}
+    for year in years:
+        decades.setdefault(str(year)[:3], []).append(year % 10)
+    parts = [prefix + (r"\d" if digits == list(range(10)) else f"[{digits[0]}-{digits[-1]}]")
+             for prefix, digits in decades.items()]
+    return "^(" + "|".join(parts) + ")-"
+
+
 def check_date_of_birth(value: dt.date) -> dt.date:
-    if value > dt.date.today() or value.year < 1900:
-        raise ValueError("must be a real date of birth")
+    """A year from DATE_OF_BIRTH_MIN_YEAR to last year (`date_of_birth_pattern` states it)."""
+    if not DATE_OF_BIRTH_MIN_YEAR <= value.year < dt.date.today().year:
+        raise ValueError(f"must be a real date of birth (a year from {DATE_OF_BIRTH_MIN_YEAR} to last year)")
     return value
 
 

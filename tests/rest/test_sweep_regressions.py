@@ -7,6 +7,7 @@ The test client checks every answer against the app's document as well (tests/su
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -237,3 +238,18 @@ async def test_display_names_follow_the_documented_pattern(client: TestClient) -
         assert resp.status == (200 if accepted else 422), name
         if accepted:
             assert (await resp.json())["data"]["display_name"] == name.strip()
+
+
+async def test_dates_of_birth_follow_the_documented_years(client: TestClient) -> None:
+    """POST /v1/auth/register with `"date_of_birth": "0020-11-30"` matched the document (any
+    `format: date`) and was refused 422 ("must be a real date of birth"). The rule is now years
+    1900 to last year, which the document states as a pattern built when it is served."""
+    admin, viewer = await make_user(client.app, role="admin"), await make_user(client.app)
+    props = _doc(client)["components"]["schemas"]["RegisterBody"]["properties"]
+    pattern = props["date_of_birth"]["anyOf"][0]["pattern"]
+    last_year = date.today().year - 1
+    for value, accepted in (("0020-11-30", False), ("1899-12-31", False), ("1900-01-01", True),
+                            (f"{last_year}-12-31", True), (f"{last_year + 1}-01-01", False), ("2999-01-01", False)):
+        assert bool(re.search(pattern, value)) is accepted, value
+        resp = await client.patch(f"/v1/users/{viewer.id}", headers=admin.headers, json={"date_of_birth": value})
+        assert resp.status == (200 if accepted else 422), value
