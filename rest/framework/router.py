@@ -145,8 +145,8 @@ async def read_body(request: web.Request) -> bytes:
         raise ApiError(ErrorCode.REQUEST_TIMEOUT, f"the request body did not arrive within {bound:g} s") from None
 
 
-# What a request without a body (or with only whitespace) reads as: a route whose body schema
-# accepts `{}` may be called without one (the OpenAPI document marks such bodies optional).
+# What a request without a body reads as: a route whose body schema accepts `{}` may be called
+# without one (the OpenAPI document marks such bodies optional). A body of blanks is not JSON.
 EMPTY_BODY = b"{}"
 
 
@@ -156,7 +156,7 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
     if route.body is None:
         return None
     raw = await read_body(request)
-    if not raw.strip():
+    if not raw:
         raw = EMPTY_BODY
     elif request.content_type not in ("application/json", "application/octet-stream", "text/plain", ""):
         # Browsers' simple form posts must not pass as JSON requests (CSRF-shaped traffic).

@@ -253,3 +253,14 @@ async def test_dates_of_birth_follow_the_documented_years(client: TestClient) ->
         assert bool(re.search(pattern, value)) is accepted, value
         resp = await client.patch(f"/v1/users/{viewer.id}", headers=admin.headers, json={"date_of_birth": value})
         assert resp.status == (200 if accepted else 422), value
+
+
+async def test_a_body_of_blanks_is_not_a_missing_body(client: TestClient) -> None:
+    """PATCH /v1/me with the body `\\r` answered 200: blanks were read as no body, i.e. `{}`. A body
+    that is sent must be JSON; only an empty one is no body."""
+    viewer = await make_user(client.app)
+    for raw in (b"\r", b" ", b"\n\t"):
+        resp = await client.patch("/v1/me", headers={**viewer.headers, "Content-Type": "application/json"}, data=raw)
+        assert (resp.status, (await resp.json())["error"]["code"]) == (400, "MALFORMED_JSON"), raw
+    resp = await client.patch("/v1/me", headers=viewer.headers, data=b"")
+    assert resp.status == 200
