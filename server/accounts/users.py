@@ -25,16 +25,17 @@ from server.accounts.passwords import check_policy, passwords_for
 from server.accounts.tokens import TokenService
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import ROLES, Identity, Role
+from server.kernel.patterns import BLANK
 from server.kernel.settings import Settings
 
 Status = Literal["active", "suspended", "banned"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 DB: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
-_EMAIL_CORE = r"[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f.]+(\.[^@\s\x00-\x1f.]+)+"
+_EMAIL_CORE = rf"[^@{BLANK}\x00-\x1f]{{1,64}}@[^@{BLANK}\x00-\x1f.]+(\.[^@{BLANK}\x00-\x1f.]+)+"
 _EMAIL = re.compile("^" + _EMAIL_CORE + "$")
 # What `check_email` takes, for the document: the address with the blanks around it it trims.
-EMAIL_PATTERN = r"^\s*" + _EMAIL_CORE + r"\s*$"
+EMAIL_PATTERN = rf"^[{BLANK}]*" + _EMAIL_CORE + rf"[{BLANK}]*$"
 # An http(s) URL with an ASCII host name or address (IDNs in punycode; no user info, no IPv6
 # literal) and an optional port; then a path, query or fragment without blanks or controls.
 URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\x00-\x20\x7f]*)?$"
@@ -49,9 +50,9 @@ DISPLAY_NAME_MAX = 100
 # A display name: 1-DISPLAY_NAME_MAX characters without control characters once the blanks around
 # them are trimmed (the raw value may carry more blanks). `check_display_name` matches it, and the
 # document states it.
-_VISIBLE, _NOT_CONTROL = r"[^\s\x00-\x1f\x7f]", r"[^\x00-\x1f\x7f]"
-DISPLAY_NAME_PATTERN = (r"^\s*" + _VISIBLE + "(" + _NOT_CONTROL + "{0," + str(DISPLAY_NAME_MAX - 2) + "}"
-                        + _VISIBLE + r")?\s*$")
+_VISIBLE, _NOT_CONTROL = rf"[^{BLANK}\x00-\x1f\x7f]", r"[^\x00-\x1f\x7f]"
+DISPLAY_NAME_PATTERN = (rf"^[{BLANK}]*" + _VISIBLE + "(" + _NOT_CONTROL + "{0," + str(DISPLAY_NAME_MAX - 2) + "}"
+                        + _VISIBLE + rf")?[{BLANK}]*$")
 _DISPLAY_NAME = re.compile(DISPLAY_NAME_PATTERN)
 BIO_MAX = 2000
 URL_MAX = 2048
