@@ -14,6 +14,7 @@ from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema, from_settings, not_null
 from server.kernel.errors import ErrorCode
+from server.kernel.patterns import NOT_BLANK
 from signaling.features.rooms import moderation
 from signaling.features.streams import streams
 
@@ -22,11 +23,12 @@ router = Router("streams")
 AccessIn = Literal["public", "ticket", "pass", "private"]
 # Types and limits only: trimming, blank checks, lower-casing and de-duplication are the domain's
 # (`streams.checked_fields`), which every caller goes through.
-Tag = Annotated[str, Field(min_length=1, max_length=streams.TAG_MAX)]
+Tag = Annotated[str, Field(min_length=1, max_length=streams.TAG_MAX, json_schema_extra={"pattern": NOT_BLANK})]
 
 
 class StreamCreate(Schema):
-    title: str = Field(min_length=1, max_length=streams.TITLE_MAX, description="Trimmed; not blank.")
+    title: str = Field(min_length=1, max_length=streams.TITLE_MAX, description="Trimmed; not blank.",
+                       json_schema_extra={"pattern": NOT_BLANK})
     description: str = Field("", max_length=streams.DESCRIPTION_MAX)
     category: str | None = Field(None, max_length=streams.CATEGORY_MAX,
                                  description="Stored trimmed and lower-case; blank means none.")
@@ -35,10 +37,15 @@ class StreamCreate(Schema):
     access: AccessIn = "public"
 
 
+def _title_patch(schema: dict[str, Any]) -> None:
+    not_null(schema)
+    schema["pattern"] = NOT_BLANK
+
+
 class StreamPatch(Schema):
     """Fields to change; absent fields stay, `null` clears `category` (and is refused elsewhere)."""
 
-    title: str | None = Field(None, min_length=1, max_length=streams.TITLE_MAX, json_schema_extra=not_null)
+    title: str | None = Field(None, min_length=1, max_length=streams.TITLE_MAX, json_schema_extra=_title_patch)
     description: str | None = Field(None, max_length=streams.DESCRIPTION_MAX, json_schema_extra=not_null)
     category: str | None = Field(None, max_length=streams.CATEGORY_MAX)
     tags: list[Tag] | None = Field(None, max_length=streams.TAGS_MAX, json_schema_extra=not_null)

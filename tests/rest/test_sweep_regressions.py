@@ -279,3 +279,21 @@ def test_documented_patterns_name_their_blanks() -> None:
         assert "\\s" not in pattern and "\\S" not in pattern
     assert not re.search(EMAIL_PATTERN, "someone@example\u0085.test")
     assert re.search(EMAIL_PATTERN, "\u0085someone@example.test\u3000")
+
+
+async def test_stream_titles_and_tags_document_that_they_are_not_blank(client: TestClient) -> None:
+    """POST /v1/streams with `"title": "\\u001d"` matched the document (1-200 characters) and was
+    refused 422 ("title cannot be blank": U+001D is a blank to `str.strip()`). The document now
+    says the title and each tag hold a character that is not blank."""
+    performer = await make_user(client.app, role="performer")
+    schemas = _doc(client)["components"]["schemas"]
+    for pattern in (schemas["StreamCreate"]["properties"]["title"]["pattern"],
+                    schemas["StreamPatch"]["properties"]["title"]["pattern"],
+                    schemas["StreamCreate"]["properties"]["tags"]["items"]["pattern"]):
+        assert not re.search(pattern, "\u001d \u3000") and re.search(pattern, " x ")
+    for body in ({"title": "\u001d"}, {"title": "ok", "tags": ["\u3000"]}):
+        resp = await client.post("/v1/streams", headers=performer.headers, json=body)
+        assert resp.status == 422, body
+    resp = await client.post("/v1/streams", headers=performer.headers, json={"title": " x ", "tags": [" T "]})
+    assert resp.status == 201
+    assert (await resp.json())["data"]["tags"] == ["t"]

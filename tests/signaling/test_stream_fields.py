@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rest.rooms.streams import BanIn, StreamCreate, StreamPatch
 from server.kernel import keys
 from server.kernel.errors import ApiError
+from server.kernel.patterns import NOT_BLANK
 from signaling.features.rooms import moderation
 from signaling.features.rooms import ops as room_ops
 from signaling.features.streams import streams
@@ -70,7 +71,8 @@ def test_the_rest_schema_declares_the_domain_limits() -> None:
     assert create["category"]["anyOf"][0]["maxLength"] == streams.CATEGORY_MAX
     patch = StreamPatch.model_json_schema()["properties"]
     # absent-or-a-value: the document does not offer null where the domain refuses it
-    assert patch["title"] == {"type": "string", "minLength": 1, "maxLength": streams.TITLE_MAX, "title": "Title"}
+    assert patch["title"] == {"type": "string", "minLength": 1, "maxLength": streams.TITLE_MAX, "title": "Title",
+                              "pattern": NOT_BLANK}
     assert {"type": "null"} in patch["category"]["anyOf"]
 
 
