@@ -71,7 +71,7 @@ _COLUMNS = ("id, email, username, display_name, bio, profile_image_url, role, st
 
 def check_email(value: str) -> str:
     email = value.strip()
-    if len(email) > EMAIL_MAX or not _EMAIL.match(email):
+    if len(email) > EMAIL_MAX or not _EMAIL.fullmatch(email):
         raise ValueError("must be an email address")
     return email
 
@@ -83,7 +83,7 @@ def check_display_name(value: str) -> str:
 
 
 def check_username(value: str) -> str:
-    if not _USERNAME.match(value):
+    if not _USERNAME.fullmatch(value):
         raise ValueError("must be 3-32 letters, digits or underscores")
     return value
 
@@ -97,7 +97,7 @@ def check_bio(value: str) -> str:
 def check_url(value: str) -> str:
     """An absolute http(s) URL with a host (no javascript:, data: or relative links), in the shape
     URL_PATTERN states (what the document promises), which urlsplit then agrees with."""
-    if len(value) > URL_MAX or not _URL.match(value) or _CONTROL.search(value) or " " in value:
+    if len(value) > URL_MAX or not _URL.fullmatch(value) or _CONTROL.search(value) or " " in value:
         raise ValueError("must be an http(s) URL")
     try:
         parts = urlsplit(value)
@@ -110,7 +110,7 @@ def check_url(value: str) -> str:
 
 
 def check_country(value: str) -> str:
-    if not _COUNTRY.match(value):
+    if not _COUNTRY.fullmatch(value):
         raise ValueError("must be an ISO 3166-1 alpha-2 code in capitals, like US")
     return value
 

@@ -297,3 +297,15 @@ async def test_stream_titles_and_tags_document_that_they_are_not_blank(client: T
     resp = await client.post("/v1/streams", headers=performer.headers, json={"title": " x ", "tags": [" T "]})
     assert resp.status == 201
     assert (await resp.json())["data"]["tags"] == ["t"]
+
+
+async def test_a_trailing_newline_does_not_pass_a_pattern(client: TestClient) -> None:
+    """Found beside the BLANK fix, not by the sweep itself: `$` in Python's `re.match` also matches
+    before a final newline, so `"username": "abc\\n"` and `"country": "US\\n"` were stored with the
+    newline, while the document's patterns (ECMA-262: `$` is the end) refuse them."""
+    viewer = await make_user(client.app)
+    for body in ({"username": "abc\n"}, {"country": "US\n"}, {"avatar_url": "https://a.example/x\n"}):
+        resp = await client.patch("/v1/me", headers=viewer.headers, json=body)
+        assert resp.status == 422, body
+    resp = await client.patch("/v1/me", headers=viewer.headers, json={"username": "abc", "country": "US"})
+    assert resp.status == 200
