@@ -68,7 +68,7 @@ def route_errors(route: Route) -> frozenset[ErrorCode]:
         codes.add(ErrorCode.NOT_FOUND)
     if route.rate != "none":
         codes.add(ErrorCode.RATE_LIMIT_EXCEEDED)
-    if route.body is not None:
+    if route.body is not None and not route.raw_body:
         codes.update(BODY)
     if route.raw_body:
         codes.add(ErrorCode.PAYLOAD_TOO_LARGE)  # the body is still read, and bounded

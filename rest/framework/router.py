@@ -101,7 +101,8 @@ class Router:
         parsed from `call.path`, and one that does not parse is 404 before the body is read.
 
         `raw_body=True` hands the handler the unparsed bytes in `call.body` (webhooks whose
-        signature covers the exact bytes).
+        signature covers the exact bytes); a `body` model beside it only documents what the
+        handler then requires of them.
         """
 
         declared = dict(params or {})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
@@ -13,6 +15,22 @@ from server.kernel.errors import ErrorCode
 router = Router("webhooks")
 
 
+class StripeEventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    object: dict[str, Any]
+
+
+class StripeEvent(BaseModel):
+    """A Stripe event as this route reads it: an object whose `data.object` is an object (Stripe
+    sends more, read by type). Taken only as signed with the webhook secret in `Stripe-Signature`;
+    an unsigned or altered body is 400."""
+
+    model_config = ConfigDict(extra="allow")
+
+    data: StripeEventData
+
+
 class WebhookOut(BaseModel):
     id: str
     type: str
@@ -20,7 +38,7 @@ class WebhookOut(BaseModel):
 
 
 @router.post("/v1/webhooks/stripe", summary="Stripe events (signed with the webhook secret)", response=WebhookOut,
-             auth="public", rate="none", raw_body=True,
+             body=StripeEvent, auth="public", rate="none", raw_body=True,
              # UNAVAILABLE/OVERLOADED: not configured, too many waiting events, the ledger busy (Stripe retries)
              errors=(ErrorCode.BAD_REQUEST, ErrorCode.MALFORMED_JSON, ErrorCode.UNAVAILABLE, ErrorCode.OVERLOADED))
 async def stripe_webhook(call: Call[bytes]) -> web.StreamResponse:

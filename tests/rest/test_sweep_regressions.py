@@ -10,6 +10,7 @@ import re
 from datetime import date
 from typing import Any
 
+import orjson
 from aiohttp.test_utils import TestClient
 
 from rest import ROUTERS
@@ -19,6 +20,7 @@ from server.kernel import keys
 from server.kernel.patterns import BLANK
 from server.kernel.settings import Settings
 from tests.support.factories import make_user
+from tests.support.wallet_support import WEBHOOK_SECRET, signed
 
 
 def _doc(client: TestClient) -> dict[str, Any]:
@@ -309,3 +311,21 @@ async def test_a_trailing_newline_does_not_pass_a_pattern(client: TestClient) ->
         assert resp.status == 422, body
     resp = await client.patch("/v1/me", headers=viewer.headers, json={"username": "abc", "country": "US"})
     assert resp.status == 200
+
+
+async def test_the_webhook_documents_the_event_shape_it_requires(aiohttp_client: Any, make_app: Any,
+                                                                 make_settings: Any) -> None:
+    """POST /v1/webhooks/stripe: the document took any JSON body, and every signed body that was not
+    an object with an object `data.object` was refused 400. It now states that shape (the handler
+    still reads the raw bytes, which the signature covers) and no longer promises 415/422, which a
+    raw body never gets."""
+    client = await aiohttp_client(make_app(make_settings(stripe_webhook_secret=WEBHOOK_SECRET)))
+    op = _doc(client)["paths"]["/v1/webhooks/stripe"]["post"]
+    assert op["requestBody"] == {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/StripeEvent"}}}}
+    assert not {"415", "422"} & set(op["responses"])
+    for event, status in (({"data": {"object": {}}, "type": "x"}, 200), ({"data": {}}, 400), ([1], 400)):
+        payload, signature = signed(orjson.dumps(event))
+        resp = await client.post("/v1/webhooks/stripe", data=payload,
+                                 headers={"Stripe-Signature": signature, "Content-Type": "application/json"})
+        assert resp.status == status, event
