@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from rest.accounts.user_fields import Country, DateOfBirth, DisplayName, Email, Username
+from rest.framework.access import anyone, signed_in
 from rest.framework.responses import document, ok
 from rest.framework.router import Call, Router
 from rest.framework.schema import Schema, from_settings
@@ -106,7 +107,7 @@ def token_json(settings: Settings, session: sessions.Session, user: users.User) 
 
 
 @router.post("/v1/auth/register", summary="Create an account (viewer or performer) and log in",
-             body=RegisterBody, response=TokenOut, status=201, auth="public", rate="auth",
+             body=RegisterBody, response=TokenOut, status=201, auth="public", rate="auth", access=anyone(201),
              errors=(ErrorCode.CONFLICT, ErrorCode.OVERLOADED))
 async def register(call: Call[RegisterBody]) -> web.StreamResponse:
     b = call.body
@@ -119,7 +120,7 @@ async def register(call: Call[RegisterBody]) -> web.StreamResponse:
 
 
 @router.post("/v1/auth/login", summary="Exchange email and password for tokens",
-             body=LoginBody, response=TokenOut, auth="public", rate="auth",
+             body=LoginBody, response=TokenOut, auth="public", rate="auth", access=anyone(200),
              errors=(ErrorCode.INVALID_CREDENTIALS, ErrorCode.ACCOUNT_DISABLED, ErrorCode.OVERLOADED))
 async def login(call: Call[LoginBody]) -> web.StreamResponse:
     settings = call.app[keys.SETTINGS]
@@ -130,7 +131,7 @@ async def login(call: Call[LoginBody]) -> web.StreamResponse:
 
 
 @router.post("/v1/auth/refresh", summary="Spend a refresh token for a new token pair (rotation)",
-             body=RefreshBody, response=TokenOut, auth="public", rate="auth",
+             body=RefreshBody, response=TokenOut, auth="public", rate="auth", access=anyone(200),
              errors=(ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED))
 async def refresh(call: Call[RefreshBody]) -> web.StreamResponse:
     pool = call.app[keys.DB]
@@ -140,7 +141,7 @@ async def refresh(call: Call[RefreshBody]) -> web.StreamResponse:
 
 
 @router.post("/v1/auth/logout", summary="Revoke the session of this refresh token (and its rotations)",
-             body=RefreshBody, response=LogoutOut, auth="public", rate="auth")
+             body=RefreshBody, response=LogoutOut, auth="public", rate="auth", access=anyone(200))
 async def logout(call: Call[RefreshBody]) -> web.StreamResponse:
     # Answers alike for a live and an unknown token (revocation is idempotent, RFC 7009).
     await sessions.end_session(call.app[keys.DB], call.body.refresh_token)
@@ -154,17 +155,17 @@ async def _me(call: Call[None]) -> web.StreamResponse:
     return ok(user.private())
 
 
-@router.get("/v1/auth/me", summary="The caller's account", response=UserOut)
+@router.get("/v1/auth/me", summary="The caller's account", response=UserOut, access=signed_in(200))
 async def auth_me(call: Call[None]) -> web.StreamResponse:
     return await _me(call)
 
 
-@router.get("/v1/me", summary="The caller's account", response=UserOut)
+@router.get("/v1/me", summary="The caller's account", response=UserOut, access=signed_in(200))
 async def me(call: Call[None]) -> web.StreamResponse:
     return await _me(call)
 
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)",
-            response=Jwks, envelope=False, auth="public", rate="none")
+            response=Jwks, envelope=False, auth="public", rate="none", access=anyone(200))
 async def jwks(call: Call[None]) -> web.StreamResponse:
     return document(token_service(call.app).jwks(), headers={"Cache-Control": "public, max-age=60"})

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_v
 
 from rest.accounts.auth import UserOut
 from rest.accounts.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
+from rest.framework.access import owner_or_admin, signed_in
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
@@ -75,7 +76,7 @@ USER = {"id": uuid_param("user")}
 
 
 @router.patch("/v1/me", summary="Change the caller's profile (display name, bio, avatar URL, ...)",
-              body=UserPatch, response=UserOut,
+              body=UserPatch, response=UserOut, access=signed_in(200),
               errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT))
 async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
     user = await users.update_user(call.app[keys.DB], call.user, call.user.user_id, call.body.changes(),
@@ -84,14 +85,14 @@ async def patch_me(call: Call[UserPatch]) -> web.StreamResponse:
 
 
 @router.get("/v1/users/{id}", summary="A user's profile (public fields; owners and admins see all)",
-            params=USER, response=PublicUserOut)
+            params=USER, response=PublicUserOut, access=signed_in(200))
 async def get_user(call: Call[None]) -> web.StreamResponse:
     user = await users.get_visible_user(call.app[keys.DB], call.user, call.path.uuid("id"))
     return ok(user.view_for(call.user))
 
 
 @router.patch("/v1/users/{id}", summary="Change a profile (own, or any as admin; admins set role and status)",
-              params=USER, body=UserPatch, response=PublicUserOut,
+              params=USER, body=UserPatch, response=PublicUserOut, access=owner_or_admin(200),
               errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
     user = await users.update_user(call.app[keys.DB], call.user, call.path.uuid("id"), call.body.changes(),
@@ -100,14 +101,15 @@ async def patch_user(call: Call[UserPatch]) -> web.StreamResponse:
 
 
 @router.get("/v1/users/{id}/preferences", summary="A user's preferences (own, or any as admin)",
-            params=USER, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,))
+            params=USER, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,), access=owner_or_admin(200))
 async def get_preferences(call: Call[None]) -> web.StreamResponse:
     prefs = await users.get_preferences(call.app[keys.DB], call.user, call.path.uuid("id"))
     return ok(prefs)
 
 
 @router.patch("/v1/users/{id}/preferences", summary="Merge changes into a user's preferences (RFC 7386)",
-              params=USER, body=Preferences, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,))
+              params=USER, body=Preferences, response=Preferences, errors=(ErrorCode.PERMISSION_DENIED,),
+              access=owner_or_admin(200))
 async def patch_preferences(call: Call[Preferences]) -> web.StreamResponse:
     prefs = await users.update_preferences(call.app[keys.DB], call.app[keys.SETTINGS], call.user,
                                            call.path.uuid("id"), call.body.root)

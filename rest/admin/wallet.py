@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from ledger.flows.grants import REASON_MAX_CHARS
 from ledger.model import INT64_MAX
+from rest.framework.access import admins
 from rest.framework.fields import JsonInt
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router, idempotent_id
@@ -64,7 +65,7 @@ class AuditOut(BaseModel):
 
 
 @router.post("/v1/admin/wallet/adjust", summary="Grant (from promotions) or take back tokens; audited",
-             body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True,
+             body=AdjustIn, response=AdjustOut, roles=("admin",), idempotent=True, access=admins(200),
              errors=(ErrorCode.NOT_FOUND, *LEDGER_ERRORS))
 async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
     b = call.body
@@ -75,6 +76,6 @@ async def adjust(call: Call[AdjustIn]) -> web.StreamResponse:
 
 @router.get("/v1/admin/ledger/audit",
             summary="Check the ledger invariants and the stream tip records against it (200, ok: false when one fails)",
-            response=AuditOut, roles=("admin",))
+            response=AuditOut, roles=("admin",), access=admins(200))
 async def ledger_audit(call: Call[None]) -> web.StreamResponse:
     return ok(await tips_audit.report(call.app))

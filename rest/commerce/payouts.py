@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from ledger.flows.payouts import Status
 from ledger.model import INT64_MAX
+from rest.framework.access import Access, admins, owner_or_admin
 from rest.framework.fields import JsonInt
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
@@ -52,6 +53,7 @@ class DecisionIn(Schema):
 
 @router.post("/v1/payouts/request", summary="Request a payout of earnings (held until an admin decides)",
              body=PayoutIn, response=PayoutOut, status=201, other_statuses=(200,), roles=("performer",),
+             access=Access.every(201, anonymous=401, viewer=403, admin=403),  # any performer, of its earnings
              rate="payments", idempotent=True, errors=(ErrorCode.WALLET_RESTRICTED, *LEDGER_ERRORS))
 async def request(call: Call[PayoutIn]) -> web.StreamResponse:
     payout_id = call.body.id or idempotent_id(call, "payout")
@@ -60,7 +62,8 @@ async def request(call: Call[PayoutIn]) -> web.StreamResponse:
 
 
 @router.get("/v1/payouts/requests", summary="Payout requests: your own; admins see all (filter by user, status)",
-            query=PayoutQuery, response=PayoutOut, list_response=True, errors=(ErrorCode.PERMISSION_DENIED,))
+            query=PayoutQuery, response=PayoutOut, list_response=True, errors=(ErrorCode.PERMISSION_DENIED,),
+            access=owner_or_admin(200))  # ?user_id= the owner: another account's list is 403
 async def list_requests(call: Call[None]) -> web.StreamResponse:
     q: PayoutQuery = call.query
     items, total = await wallet.payouts_page(call.app, call.user, user_id=q.user_id, status=q.status, page=q.page,
@@ -69,12 +72,14 @@ async def list_requests(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/admin/payouts/{id}/approve", summary="Approve a pending payout request (its tokens leave)",
-             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",), errors=LEDGER_ERRORS)
+             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",), errors=LEDGER_ERRORS,
+             access=admins(200))  # not the requester either
 async def approve(call: Call[DecisionIn]) -> web.StreamResponse:
     return ok(await wallet.decide_payout(call.app, call.user, call.path.uuid("id"), approve=True, note=call.body.note))
 
 
 @router.post("/v1/admin/payouts/{id}/reject", summary="Reject a pending payout request (its tokens return)",
-             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",), errors=LEDGER_ERRORS)
+             params=PAYOUT, body=DecisionIn, response=PayoutOut, roles=("admin",), errors=LEDGER_ERRORS,
+             access=admins(200))
 async def reject(call: Call[DecisionIn]) -> web.StreamResponse:
     return ok(await wallet.decide_payout(call.app, call.user, call.path.uuid("id"), approve=False, note=call.body.note))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from ledger import Code
 from ledger.model import INT64_MAX
+from rest.framework.access import Access, anyone, signed_in
 from rest.framework.fields import DateTime, JsonInt
 from rest.framework.idempotency import idempotency_key
 from rest.framework.responses import ok
@@ -103,13 +104,14 @@ class PackOut(BaseModel):
     currency: str
 
 
-@router.get("/v1/wallet/balance", summary="Your token balance, reserved tokens and debt", response=BalanceOut)
+@router.get("/v1/wallet/balance", summary="Your token balance, reserved tokens and debt", response=BalanceOut,
+            access=signed_in(200))
 async def get_balance(call: Call[None]) -> web.StreamResponse:
     return ok(await wallet.balance(call.app, call.user))
 
 
 @router.get("/v1/wallet/transactions", summary="Your wallet and earnings history, newest first",
-            query=TransactionsQuery, response=TransactionOut, list_response=True)
+            query=TransactionsQuery, response=TransactionOut, list_response=True, access=signed_in(200))
 async def list_transactions(call: Call[None]) -> web.StreamResponse:
     q: TransactionsQuery = call.query
     since: datetime | None = q.since
@@ -120,6 +122,7 @@ async def list_transactions(call: Call[None]) -> web.StreamResponse:
 
 @router.post("/v1/wallet/transfer", summary="Tip a performer (outside a room, or credited to their live stream)",
              body=TransferIn, response=TipOut, status=201, other_statuses=(200,), rate="tips", idempotent=True,
+             access=Access.every(201, anonymous=401, owner=403),  # to the owner: nobody tips themselves
              errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.PERMISSION_DENIED, ErrorCode.BANNED,
                      ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.WALLET_RESTRICTED, *LEDGER_ERRORS))
 async def transfer(call: Call[TransferIn]) -> web.StreamResponse:
@@ -130,14 +133,15 @@ async def transfer(call: Call[TransferIn]) -> web.StreamResponse:
     return ok(result, status=200 if result["replayed"] else 201)
 
 
-@router.get("/v1/wallet/packs", summary="Token packs on sale", response=PackOut, list_response=True, auth="optional")
+@router.get("/v1/wallet/packs", summary="Token packs on sale", response=PackOut, list_response=True, auth="optional",
+            access=anyone(200))
 async def list_packs(call: Call[None]) -> web.StreamResponse:
     settings = call.app[keys.SETTINGS]
     return ok([{"tokens": t, "price": p, "currency": settings.currency} for t, p in sorted(settings.packs.items())])
 
 
 @router.post("/v1/wallet/buy", summary="Start buying a token pack: a Stripe Checkout Session to pay on",
-             body=BuyIn, response=BuyOut, status=201, rate="payments", idempotent=True,
+             body=BuyIn, response=BuyOut, status=201, rate="payments", idempotent=True, access=signed_in(201),
              errors=(ErrorCode.UNAVAILABLE, ErrorCode.PAYMENT_PROVIDER_ERROR))
 async def buy(call: Call[BuyIn]) -> web.StreamResponse:
     return ok(await payments.start_purchase(call.app, call.user, call.body.pack_tokens, idempotency_key(call.request)),

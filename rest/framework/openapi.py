@@ -175,6 +175,8 @@ def _operation(route: Route) -> dict[str, Any]:
         responses[str(status)] = _with_headers(_success(route), _headers(route, status))
     responses.update(_error_responses(route))
     op["responses"] = responses
+    if route.access is not None:
+        op["x-access"] = route.access.table()  # the status each kind of caller gets
     return op
 
 

@@ -20,6 +20,7 @@ from rest.framework.guards import AuthMode, identify, rate_limit
 from rest.framework.idempotency import idempotency_key, run_idempotent
 from rest.framework.params import PathParam, PathValues, check_declared, parse_path
 from server.kernel import keys
+from server.kernel.access import Access
 from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.identity import Identity, Role
 from server.kernel.limits import Category
@@ -72,6 +73,7 @@ class Route:
     other_statuses: tuple[int, ...]
     envelope: bool
     produces: tuple[str, ...]
+    access: Access[int] | None = None  # who gets what (server.kernel.access); the access table test reads it
 
 
 @dataclass
@@ -87,7 +89,8 @@ class Router:
               rate: Category = "general", idempotent: bool = False, list_response: bool = False,
               raw_body: bool = False, params: Mapping[str, PathParam] | None = None,
               errors: Sequence[ErrorCode] = (), other_statuses: Sequence[int] = (), envelope: bool = True,
-              produces: Sequence[str] = ("application/json",)) -> Callable[[Handler], Handler]:
+              produces: Sequence[str] = ("application/json",),
+              access: Access[int] | None = None) -> Callable[[Handler], Handler]:
         """Declare a route. `roles` empty means any authenticated role (when auth='user').
 
         `errors` are the codes the domain functions it calls can raise (and the code paths of the
@@ -99,6 +102,10 @@ class Router:
 
         `params` types every `{name}` of the path (`params.uuid_param`); handlers read them
         parsed from `call.path`, and one that does not parse is 404 before the body is read.
+
+        `access` states the status each kind of caller gets (anonymous, a viewer, another
+        performer, the owner of what the route names, an admin: `server.kernel.access`); every
+        route declares it, and tests/contracts/test_access_table.py holds the server to it.
 
         `raw_body=True` hands the handler the unparsed bytes in `call.body` (webhooks whose
         signature covers the exact bytes); a `body` model beside it only documents what the
@@ -112,7 +119,7 @@ class Router:
             self.routes.append(Route(method.upper(), path, handler, summary, (self.tag,), body, query,
                                      response, status, auth, tuple(roles), rate, idempotent,
                                      list_response, raw_body, declared, frozenset(errors),
-                                     tuple(other_statuses), envelope, tuple(produces)))
+                                     tuple(other_statuses), envelope, tuple(produces), access))
             return handler
 
         return decorate

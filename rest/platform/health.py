@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
+from rest.framework.access import Access, anyone
 from rest.framework.responses import ok, text
 from rest.framework.router import Call, Router
 from server import __version__
@@ -161,20 +162,26 @@ def _require_operator(call: Call[None]) -> None:
     raise forbidden("metrics and status are for the operator: an allowed address or the metrics token")
 
 
+# No account opens /metrics or /v1/status, an admin's neither: an allowed address or the metrics
+# token does (the table is for callers from elsewhere, by their account).
+OPERATORS = Access.every(403)
+
+
 @router.get("/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, other_statuses=(503,), auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none", access=anyone(200))
 async def health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/v1/monitoring/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, other_statuses=(503,), auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none", access=anyone(200))
 async def monitoring_health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition; operators only)",
-            auth="public", rate="none", produces=PROMETHEUS, errors=(ErrorCode.PERMISSION_DENIED,))
+            auth="public", rate="none", produces=PROMETHEUS, errors=(ErrorCode.PERMISSION_DENIED,),
+            access=OPERATORS)
 async def metrics(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
@@ -182,7 +189,7 @@ async def metrics(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/v1/status", summary="Version, uptime, mode and live counts of the worker that answers (operators only)",
-            response=Status, auth="public", rate="none", errors=(ErrorCode.PERMISSION_DENIED,))
+            response=Status, auth="public", rate="none", errors=(ErrorCode.PERMISSION_DENIED,), access=OPERATORS)
 async def status(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     app = call.app

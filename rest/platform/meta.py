@@ -7,6 +7,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from rest.framework.access import anyone
 from rest.framework.openapi import build_openapi
 from rest.framework.responses import document
 from rest.framework.router import MOUNTED, Call, Router
@@ -27,7 +28,7 @@ class OpenApiDocument(BaseModel):
 
 
 @router.get("/v1/openapi.json", summary="This API's OpenAPI 3.1 document", response=OpenApiDocument, envelope=False,
-            auth="public", rate="none")
+            auth="public", rate="none", access=anyone(200))
 async def openapi(call: Call[None]) -> web.StreamResponse:
     routers: list[Router] = call.app[MOUNTED]
     return document(build_openapi(routers, call.app[keys.SETTINGS]))

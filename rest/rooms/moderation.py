@@ -8,6 +8,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from rest.framework.access import admins, signed_in
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery, Schema
@@ -49,7 +50,7 @@ class FlagQuery(PageQuery):
 
 
 @router.post("/v1/moderation/report", summary="Report a user, a stream or a chat message", body=ReportIn,
-             response=ReportOut, status=201,
+             response=ReportOut, status=201, access=signed_in(201),
              errors=(ErrorCode.NOT_FOUND, ErrorCode.BAD_REQUEST, ErrorCode.CONFLICT))
 async def report(call: Call[ReportIn]) -> web.StreamResponse:
     b = call.body
@@ -59,7 +60,7 @@ async def report(call: Call[ReportIn]) -> web.StreamResponse:
 
 
 @router.get("/v1/moderation/flags", summary="Reports to review, newest first (admin)", query=FlagQuery,
-            response=FlagOut, list_response=True, roles=("admin",))
+            response=FlagOut, list_response=True, roles=("admin",), access=admins(200))
 async def flags(call: Call[None]) -> web.StreamResponse:
     q: FlagQuery = call.query
     items, total = await reports.list_flags(call.app, status=None if q.status == "all" else q.status,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from rest.framework.access import Access, anyone, owner_or_admin
 from rest.framework.fields import INTEGRAL
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
@@ -142,7 +143,7 @@ STREAM_USER = {"id": uuid_param("stream"), "user_id": uuid_param("user")}
 
 @router.post("/v1/streams", summary="Create a stream (and its room) as a performer", body=StreamCreate,
              response=StreamOut, status=201, roles=("performer", "admin"), rate="streaming", idempotent=True,
-             errors=(ErrorCode.CONFLICT,))
+             errors=(ErrorCode.CONFLICT,), access=Access.every(201, anonymous=401, viewer=403))
 async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
     b = call.body
     stream = await streams.create_stream(call.app, call.user, title=b.title, description=b.description,
@@ -151,7 +152,7 @@ async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
 
 
 @router.get("/v1/streams", summary="Streams, live ones by default (public); filter, sort, paginate",
-            query=StreamQuery, response=StreamOut, auth="optional", list_response=True)
+            query=StreamQuery, response=StreamOut, auth="optional", list_response=True, access=anyone(200))
 async def list_streams(call: Call[None]) -> web.StreamResponse:
     q: StreamQuery = call.query
     page = await streams.list_streams(call.app, call.identity, status=None if q.status == "all" else q.status,
@@ -160,40 +161,43 @@ async def list_streams(call: Call[None]) -> web.StreamResponse:
     return ok(page.items, meta=page_meta(q.page, q.per_page, page.total))
 
 
-@router.get("/v1/streams/{id}", params=STREAM, summary="A stream's details", response=StreamOut, auth="optional")
+@router.get("/v1/streams/{id}", params=STREAM, summary="A stream's details", response=StreamOut, auth="optional",
+            access=anyone(200))  # a public stream (a private one is 404 to whoever may not enter it)
 async def get_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.get_stream(call.app, call.path.uuid("id"), call.identity))
 
 
 @router.patch("/v1/streams/{id}", summary="Edit a stream (host or admin)", body=StreamPatch,
-              params=STREAM, response=StreamOut, rate="streaming",
+              params=STREAM, response=StreamOut, rate="streaming", access=owner_or_admin(200),
               errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def patch_stream(call: Call[StreamPatch]) -> web.StreamResponse:
     return ok(await streams.update_stream(call.app, call.user, call.path.uuid("id"), call.body.changes()))
 
 
 @router.delete("/v1/streams/{id}", summary="End a stream (host or admin); ending an ended stream is a no-op",
-               params=STREAM, response=StreamOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
+               params=STREAM, response=StreamOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,),
+               access=owner_or_admin(200))
 async def delete_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id"), already_ended_ok=True))
 
 
 @router.post("/v1/streams/{id}/start", summary="Go live (host); publishes `stream.started` to the room",
              params=STREAM, response=StreamOut, rate="streaming",
+             access=Access.every(403, anonymous=401, owner=200),  # the host only, not an admin
              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def start_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.start_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/end", summary="End the stream (host or admin); publishes `stream.ended`",
-             params=STREAM, response=StreamOut, rate="streaming",
+             params=STREAM, response=StreamOut, rate="streaming", access=owner_or_admin(200),
              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def end_stream(call: Call[None]) -> web.StreamResponse:
     return ok(await streams.end_stream(call.app, call.user, call.path.uuid("id")))
 
 
 @router.post("/v1/streams/{id}/join", summary="What a client needs to join the stream's room over `/ws`",
-             params=STREAM, response=JoinOut, auth="optional",
+             params=STREAM, response=JoinOut, auth="optional", access=anyone(200),  # a public stream
              # AUTHENTICATION_REQUIRED: the token's account no longer exists
              errors=(ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.BANNED, ErrorCode.PERMISSION_DENIED))
 async def join_stream(call: Call[None]) -> web.StreamResponse:
@@ -201,7 +205,8 @@ async def join_stream(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/v1/streams/{id}/viewers", summary="How many are watching; the host and staff also see who",
-            params=STREAM, query=PageQuery, response=ViewersOut, auth="optional")
+            params=STREAM, query=PageQuery, response=ViewersOut, auth="optional",
+            access=anyone(200))  # the count for all; the names for the host and staff
 async def stream_viewers(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
     data, total = await streams.viewers(call.app, call.identity, call.path.uuid("id"), page=q.page, per_page=q.per_page)
@@ -210,7 +215,7 @@ async def stream_viewers(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/streams/{id}/moderators", summary="Appoint a room moderator (host or admin)", body=UserRef,
-             params=STREAM, response=RoleOut, status=201, rate="streaming",
+             params=STREAM, response=RoleOut, status=201, rate="streaming", access=owner_or_admin(201),
              errors=(ErrorCode.PERMISSION_DENIED, ErrorCode.CONFLICT))
 async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
@@ -218,7 +223,8 @@ async def add_moderator(call: Call[UserRef]) -> web.StreamResponse:
 
 
 @router.delete("/v1/streams/{id}/moderators/{user_id}", summary="Dismiss a room moderator (host or admin)",
-               params=STREAM_USER, response=RoleOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
+               params=STREAM_USER, response=RoleOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,),
+               access=owner_or_admin(200))
 async def remove_moderator(call: Call[None]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await moderation.remove_moderator(call.app, call.user, room, call.path.uuid("user_id")))
@@ -226,7 +232,7 @@ async def remove_moderator(call: Call[None]) -> web.StreamResponse:
 
 @router.get("/v1/streams/{id}/bans", summary="Active bans in the stream's room (host, moderators, admins)",
             params=STREAM, query=PageQuery, response=BanListItem, list_response=True, rate="streaming",
-            errors=(ErrorCode.PERMISSION_DENIED,))
+            errors=(ErrorCode.PERMISSION_DENIED,), access=owner_or_admin(200))
 async def list_bans(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
@@ -235,7 +241,7 @@ async def list_bans(call: Call[None]) -> web.StreamResponse:
 
 
 @router.post("/v1/streams/{id}/bans", summary="Ban a user from the stream's room and remove them at once",
-             params=STREAM, body=BanIn, response=BanOut, status=201, rate="streaming",
+             params=STREAM, body=BanIn, response=BanOut, status=201, rate="streaming", access=owner_or_admin(201),
              errors=(ErrorCode.PERMISSION_DENIED,))
 async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
@@ -244,7 +250,8 @@ async def ban_user(call: Call[BanIn]) -> web.StreamResponse:
 
 
 @router.delete("/v1/streams/{id}/bans/{user_id}", summary="Lift a ban (host, moderators, admins)",
-               params=STREAM_USER, response=UnbanOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,))
+               params=STREAM_USER, response=UnbanOut, rate="streaming", errors=(ErrorCode.PERMISSION_DENIED,),
+               access=owner_or_admin(200))
 async def unban_user(call: Call[None]) -> web.StreamResponse:
     room = await streams.stream_room(call.app, call.user, call.path.uuid("id"))
     return ok(await moderation.unban(call.app, call.user, room, call.path.uuid("user_id")))

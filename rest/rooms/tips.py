@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
+from rest.framework.access import anyone
 from rest.framework.responses import ok, page_meta
 from rest.framework.router import Call, Router
 from rest.framework.schema import PageQuery
@@ -27,7 +28,7 @@ class StreamTipOut(BaseModel):
 
 
 @router.get("/v1/streams/{id}/tips", summary="A stream's tips, newest first", query=PageQuery, params=STREAM,
-            response=StreamTipOut, list_response=True, auth="optional")
+            response=StreamTipOut, list_response=True, auth="optional", access=anyone(200))  # a public stream
 async def stream_tips(call: Call[None]) -> web.StreamResponse:
     q: PageQuery = call.query
     items, total = await tips.stream_tips(call.app, call.identity, call.path.uuid("id"), page=q.page,

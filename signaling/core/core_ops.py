@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field, StrictInt
 
 from server.kernel import keys
+from server.kernel.access import Access
 from server.kernel.errors import ApiError, ErrorCode
 from signaling.core import keys as socket_keys
 from signaling.core.broker import StreamPosition
@@ -21,6 +22,8 @@ from signaling.core.ops import OpContext, OpData, OpGroup
 from signaling.core.protocol import Close
 
 OPS = OpGroup()
+# In a public room every caller, a guest too (`anonymous`), may do the core's ops.
+ANYONE = Access.every("ok")
 
 
 class AuthData(OpData):
@@ -48,7 +51,7 @@ def session_info(conn: Connection) -> dict[str, Any]:
             "expires_at": ident.expires_at}
 
 
-@OPS.op("auth", schema=AuthData, auth="any", room="none")
+@OPS.op("auth", schema=AuthData, auth="any", room="none", access=ANYONE)
 async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     """Sign in (first op, or a refresh before `exp`); without a token, continue as a guest.
 
@@ -84,7 +87,7 @@ async def auth(ctx: OpContext, data: AuthData) -> dict[str, Any]:
     return session_info(conn)
 
 
-@OPS.op("join", schema=JoinData, auth="any", room="named")
+@OPS.op("join", schema=JoinData, auth="any", room="named", access=ANYONE)
 async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
     """Enter a room; with `since`, also get every event missed after that position.
 
@@ -108,18 +111,18 @@ async def join(ctx: OpContext, data: JoinData) -> dict[str, Any]:
     return result
 
 
-@OPS.op("leave", auth="any", room="joined")
+@OPS.op("leave", auth="any", room="joined", access=ANYONE)
 async def leave(ctx: OpContext, data: OpData) -> None:
     await ctx.app[socket_keys.HUB].leave(ctx.session, ctx.room_name)
 
 
-@OPS.op("presence", schema=PresenceData, auth="any", room="joined")
+@OPS.op("presence", schema=PresenceData, auth="any", room="joined", access=ANYONE)
 async def presence(ctx: OpContext, data: PresenceData) -> dict[str, Any]:
     """Who is in the room, across nodes: the count and up to `limit` members."""
     limit = min(data.limit, ctx.app[keys.SETTINGS].presence_members_max)
     return await ctx.app[socket_keys.HUB].presence_of(ctx.room_name, limit)
 
 
-@OPS.op("ping", auth="any", room="none")
+@OPS.op("ping", auth="any", room="none", access=ANYONE)
 async def ping(ctx: OpContext, data: OpData) -> dict[str, Any]:
     return {"at": time.time()}

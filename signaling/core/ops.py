@@ -22,6 +22,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from server.kernel.access import Access
 from server.kernel.identity import Identity, Role
 from server.kernel.limits import Category
 from signaling.core.connection import Connection, Grant
@@ -84,6 +85,7 @@ class OpSpec:
     room: RoomRule  # "joined": `room` must be joined (NOT_JOINED); "named": required; "none": ignored
     rate: Category  # budget spent per call (shared with REST routes of the category); "none": free
     handler: OpHandler
+    access: Access[str] | None = None  # "ok" or the error code each kind of caller gets (server.kernel.access)
 
 
 class OpGroup:
@@ -93,12 +95,16 @@ class OpGroup:
         self.specs: list[OpSpec] = []
 
     def op(self, name: str, *, schema: type[OpData] = NoData, auth: OpAuth = "user", roles: tuple[Role, ...] = (),
-           room: RoomRule = "joined", rate: Category = "none") -> Callable[[OpHandler], OpHandler]:
-        """Declare an op; the handler returns the reply's `data` (None for `{}`) or raises `ApiError`."""
+           room: RoomRule = "joined", rate: Category = "none",
+           access: Access[str] | None = None) -> Callable[[OpHandler], OpHandler]:
+        """Declare an op; the handler returns the reply's `data` (None for `{}`) or raises `ApiError`.
+
+        `access`: what each kind of caller gets, in the room the op names when it names one
+        (`server.kernel.access`; tests/contracts/test_access_table.py holds the op to it)."""
         assert not roles or auth == "user", f"op {name!r}: roles apply to signed-in users only"
 
         def declare(handler: OpHandler) -> OpHandler:
-            self.specs.append(OpSpec(name, schema, auth, roles, room, rate, handler))
+            self.specs.append(OpSpec(name, schema, auth, roles, room, rate, handler, access))
             return handler
 
         return declare

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, StrictInt
 
 from ledger.model import INT64_MAX
+from server.kernel.access import Access
 from server.kernel.errors import ApiError, ErrorCode, forbidden
 from signaling.core.ops import UUID_PATTERN, OpContext, OpData, OpGroup
 from signaling.features.rooms.access import grant_of, parse_room
@@ -22,7 +23,8 @@ class TipSend(OpData):
     message: str = Field("", max_length=SCHEMA_MESSAGE_MAX)
 
 
-@OPS.op("tip.send", schema=TipSend, auth="user", room="joined", rate="tips")
+@OPS.op("tip.send", schema=TipSend, auth="user", room="joined", rate="tips",  # not the host, in its own room
+         access=Access.every("ok", anonymous="AUTHENTICATION_REQUIRED", owner="PERMISSION_DENIED"))
 async def tip_send(ctx: OpContext, data: TipSend) -> dict[str, Any]:
     """Tip the host of the stream room this connection joined (its grant must allow tipping)."""
     kind, stream_id = parse_room(ctx.room_name)
