@@ -58,6 +58,8 @@ HEADERS: dict[str, Any] = {
 def route_errors(route: Route) -> frozenset[ErrorCode]:
     """Every error code `route` can answer with: its declared domain codes and the framework's own."""
     codes: set[ErrorCode] = {ErrorCode.INTERNAL_ERROR, *route.errors}
+    if route.database:
+        codes.add(ErrorCode.UNAVAILABLE)  # PostgreSQL away (server.kernel.outage)
     if route.auth == "user":
         codes.update(AUTH_USER)
     elif route.auth == "optional":

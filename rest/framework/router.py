@@ -72,6 +72,7 @@ class Route:
     other_statuses: tuple[int, ...]
     envelope: bool
     produces: tuple[str, ...]
+    database: bool
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Router:
               rate: Category = "general", idempotent: bool = False, list_response: bool = False,
               raw_body: bool = False, params: Mapping[str, PathParam] | None = None,
               errors: Sequence[ErrorCode] = (), other_statuses: Sequence[int] = (), envelope: bool = True,
-              produces: Sequence[str] = ("application/json",)) -> Callable[[Handler], Handler]:
+              produces: Sequence[str] = ("application/json",), database: bool = True) -> Callable[[Handler], Handler]:
         """Declare a route. `roles` empty means any authenticated role (when auth='user').
 
         `errors` are the codes the domain functions it calls can raise (and the code paths of the
@@ -101,7 +102,8 @@ class Router:
         parsed from `call.path`, and one that does not parse is 404 before the body is read.
 
         `raw_body=True` hands the handler the unparsed bytes in `call.body` (webhooks whose
-        signature covers the exact bytes).
+        signature covers the exact bytes). `database=False`: the route never touches PostgreSQL,
+        so it never answers the 503 of a database outage (`server.kernel.outage`).
         """
 
         declared = dict(params or {})
@@ -111,7 +113,7 @@ class Router:
             self.routes.append(Route(method.upper(), path, handler, summary, (self.tag,), body, query,
                                      response, status, auth, tuple(roles), rate, idempotent,
                                      list_response, raw_body, declared, frozenset(errors),
-                                     tuple(other_statuses), envelope, tuple(produces)))
+                                     tuple(other_statuses), envelope, tuple(produces), database))
             return handler
 
         return decorate

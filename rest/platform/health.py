@@ -162,19 +162,19 @@ def _require_operator(call: Call[None]) -> None:
 
 
 @router.get("/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, other_statuses=(503,), auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none", database=False)
 async def health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/v1/monitoring/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, other_statuses=(503,), auth="public", rate="none")
+            response=Health, other_statuses=(503,), auth="public", rate="none", database=False)
 async def monitoring_health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition; operators only)",
-            auth="public", rate="none", produces=PROMETHEUS, errors=(ErrorCode.PERMISSION_DENIED,))
+            auth="public", rate="none", produces=PROMETHEUS, errors=(ErrorCode.PERMISSION_DENIED,), database=False)
 async def metrics(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
@@ -182,7 +182,7 @@ async def metrics(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/v1/status", summary="Version, uptime, mode and live counts of the worker that answers (operators only)",
-            response=Status, auth="public", rate="none", errors=(ErrorCode.PERMISSION_DENIED,))
+            response=Status, auth="public", rate="none", errors=(ErrorCode.PERMISSION_DENIED,), database=False)
 async def status(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     app = call.app

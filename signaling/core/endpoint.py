@@ -31,6 +31,7 @@ from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.identity import Identity
 from server.kernel.limits import budget
 from server.kernel.net import client_ip
+from server.kernel.outage import DEPENDENCY_DOWN, unavailable
 from signaling.core import keys as socket_keys
 from signaling.core.connection import Connection
 from signaling.core.ops import OpContext, OpSpec
@@ -188,6 +189,10 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
         conn.send(reply_ok(env.ref, result))
     except ApiError as exc:
         conn.send(reply_error(ref, exc.body()["error"]))
+    except DEPENDENCY_DOWN as exc:
+        log.warning("socket op failed: dependency unavailable: %s: %s", type(exc).__name__, exc,
+                    extra={"conn_id": conn.conn_id})
+        conn.send(reply_error(ref, unavailable().body()["error"]))
     except Exception:
         log.exception("socket op failed", extra={"conn_id": conn.conn_id})
         conn.send(reply_error(ref, {"code": ErrorCode.INTERNAL_ERROR, "message": "internal error"}))
