@@ -10,7 +10,9 @@ Legs, one linked chain (all or nothing):
   2. wallet -> earnings, `amount - fee`, code `tip`
 The fee leg comes first so the performer leg's `debit_balance_after` is the wallet after the
 whole tip: the history shows one `tip_sent` row carrying the gross amount and the fee.
-Leg ids are uuid5 of the client-chosen tip id, so a retried tip id moves nothing twice.
+Leg ids are uuid5 of the client-chosen tip id, so a retried tip id moves nothing twice; the same
+id with any field changed moves nothing and answers `exists_with_different_fields`, also when the
+fee leg is unchanged (another message, or another amount with the same fee: `chain_result`).
 """
 
 from __future__ import annotations
