@@ -14,6 +14,7 @@ from ledger import AccountKind, Result
 from ledger.flows.tips import transfer_tip
 from server.commerce import keys as money
 from server.kernel import keys
+from signaling.features.tips import audit as tips_audit
 from tests.support.factories import TestUser, make_user
 from tests.support.rooms_support import new_stream, room_of
 from tests.support.socket_support import Sock, connect
@@ -272,3 +273,35 @@ async def test_a_tip_id_reused_for_another_tip_is_refused_on_both_paths(socket_c
     assert totals == {stream["id"]: 100, elsewhere["id"]: 0}
     for s in (sock, rival_sock):
         await s.close()
+
+
+async def test_a_retry_of_an_applied_tip_completes_it_after_its_stream_ended(socket_client: MakeClient) -> None:
+    """The process died after the ledger moved the tip; before the client's retry the host ended the
+    stream (or became unable to take tips, or the tipper fell into debt). The retry is not refused:
+    the tokens moved, so refusing would tell the tipper no while its tokens are gone, and the stream
+    would lack the record for good. It completes the record; a new tip there is still refused."""
+    client = await socket_client()
+    app = client.app
+    host, fan = await make_user(app, role="performer"), await make_user(app)
+    await fund(app, fan.id, 500)
+    stream = await _live(client, host)
+    tip_id = uuid.uuid4()
+    outcome = await transfer_tip(app[money.LEDGER], app[money.ACCOUNTS], tip_id=tip_id, sender=fan.id,
+                                 recipient=host.id, amount=50, fee_bps=app[keys.SETTINGS].tip_fee_bps,
+                                 metadata={"message": "hi", "stream": stream["id"]})
+    assert outcome.result is Result.OK
+    assert (await client.post(f"/v1/streams/{stream['id']}/end", headers=host.headers)).status == 200
+    db = app[keys.DB]
+    await db.execute("INSERT INTO wallet_debts (user_id, owed) VALUES ($1, 7)", fan.id)
+    body = {"to_user_id": str(host.id), "amount": 50, "message": "hi", "stream_id": stream["id"], "id": str(tip_id)}
+    resp = await client.post("/v1/wallet/transfer", json=body, headers=fan.headers)
+    data = (await resp.json())["data"]
+    assert resp.status == 200 and data["replayed"] is True and data["stream_total"] == 50, data
+    fresh = await client.post("/v1/wallet/transfer", json={**body, "id": _tid()}, headers=fan.headers)
+    assert fresh.status == 409 and (await fresh.json())["error"]["code"] == "CONFLICT"
+    changed = await client.post("/v1/wallet/transfer", json={**body, "amount": 51}, headers=fan.headers)
+    assert changed.status == 409 and (await changed.json())["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert await available(app, fan.id) == 450
+    assert await db.fetchval("SELECT amount FROM stream_tips WHERE tip_id = $1", tip_id) == 50
+    report = await tips_audit.audit(db, settle_s=0)
+    assert all(c.ok for c in report), report
