@@ -50,9 +50,10 @@ def gone_sql(column: str) -> str:
 class Instance:
     """The worker's id and the lock that says it runs; `start` before serving, `close` after."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, check_s: float = CHECK_S) -> None:
         self.id = secrets.randbits(ID_BITS) + 1
         self._dsn = dsn
+        self._check_s = check_s
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -81,7 +82,7 @@ class Instance:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.id):
                 self.id = secrets.randbits(ID_BITS) + 1  # another process drew the same id
         except BaseException:
-            await conn.close(timeout=CHECK_S)
+            await conn.close(timeout=self._check_s)
             raise
         self._conn = conn
 
@@ -89,16 +90,16 @@ class Instance:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
-                await conn.close(timeout=CHECK_S)  # the session ends: PostgreSQL releases the lock
+                await conn.close(timeout=self._check_s)  # the session ends: PostgreSQL releases the lock
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 conn.terminate()
 
     async def _keep(self) -> None:
         while True:
-            await asyncio.sleep(CHECK_S)
+            await asyncio.sleep(self._check_s)
             try:
                 if self._conn is not None:
-                    async with asyncio.timeout(CHECK_S):
+                    async with asyncio.timeout(self._check_s):
                         await self._conn.fetchval("SELECT 1")
                     continue
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
@@ -106,6 +107,6 @@ class Instance:
                             exc_info=True)
             await self._drop()
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                async with asyncio.timeout(CHECK_S):
+                async with asyncio.timeout(self._check_s):
                     await self._lock()
                 log.info("instance lock held again", extra={"instance": self.id})
