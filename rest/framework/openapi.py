@@ -87,8 +87,8 @@ def _headers(route: Route, status: int) -> dict[str, Any]:
     names: list[str] = []
     if route.rate != "none":
         names += RATE_HEADERS  # when the request spent budget: every answer after the auth checks
-    if status == 429:
-        names.append("Retry-After")
+    if status == 429 or (status == 409 and route.idempotent) or (status == 503 and route.database):
+        names.append("Retry-After")  # a budget spent, a keyed request still running, PostgreSQL away
     if route.idempotent:
         names.append("Idempotent-Replayed")
     return {n: {"$ref": f"#/components/headers/{n}"} for n in names}
