@@ -18,7 +18,9 @@ from enum import IntEnum
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from server.kernel.inputs import check_value
 
 MAX_REF = 2**53 - 1  # refs round-trip through JavaScript numbers
 
@@ -78,3 +80,6 @@ class Envelope(BaseModel):
     ref: StrictInt = Field(ge=0, le=MAX_REF)
     room: str | None = Field(default=None, min_length=1, max_length=128)
     data: dict[str, Any] = Field(default_factory=dict)
+
+    # `data` is checked by the op's schema (an `OpData`); the envelope's own strings here.
+    _storable = field_validator("op", "room")(check_value)
