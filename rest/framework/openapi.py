@@ -223,7 +223,8 @@ def build_openapi(routers: Sequence[Router], settings: Settings) -> dict[str, An
                  "description": "REST layer of Greenroom; the room socket is at GET /ws (see README). "
                                 "A method a path does not list answers 405 METHOD_NOT_ALLOWED "
                                 "(`components.responses.MethodNotAllowed`) with an `Allow` header. "
-                                f"Every request value (body, query): {inputs.RULES}"},
+                                f"Every request value (body, query): {inputs.RULES} A JSON body nests objects "
+                                f"and arrays at most {settings.json_max_depth} levels (GREENROOM_JSON_MAX_DEPTH)."},
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {

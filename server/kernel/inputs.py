@@ -4,6 +4,9 @@
   fail deep in a query as a 500.
 - Integers a `bigint` holds (-2**63 .. 2**63-1) and finite numbers: the JSON encoder of `jsonb`
   columns (orjson) refuses larger integers and writes NaN and infinities as `null`.
+- JSON nested at most `json_max_depth` levels (`may_nest_deeper`, `nesting_exceeds`): REST bodies
+  and socket frames are checked before a parser, the validator or the encoder meets its own
+  recursion limit (orjson encodes 254 levels, parses 1024; pydantic parses about 200).
 
 `check_value` is the one check: the REST `Schema` base, the socket `OpData` base and the envelope
 run it on every field, so a new field is covered without anyone remembering it.
@@ -83,3 +86,31 @@ def check_value(value: T) -> T:
         raise ValidationError.from_exception_data("request value", found)
     return value
 
+
+
+def may_nest_deeper(raw: str | bytes, limit: int) -> bool:
+    """False when the JSON text `raw` surely nests objects and arrays at most `limit` deep.
+
+    Counting brackets costs next to nothing and settles almost every document (fewer brackets than
+    the limit cannot nest deeper, even when some are inside strings); `nesting_exceeds` decides the rest.
+    """
+    count = raw.count("{") + raw.count("[") if isinstance(raw, str) else raw.count(b"{") + raw.count(b"[")
+    return count > limit
+
+
+def nesting_exceeds(parsed: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests objects and arrays more than `limit` deep (the outermost is 1).
+    Iterative, and it stops at the first container past the limit."""
+    stack: list[tuple[int, Any]] = [(1, parsed)]
+    while stack:
+        depth, item = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((depth + 1, child) for child in children)
+    return False

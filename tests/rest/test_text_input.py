@@ -143,3 +143,21 @@ def test_nul_refusal_reaches_nested_models_and_free_form_values() -> None:
     with pytest.raises(ValidationError):
         Preferences.model_validate({"ok": {NUL: True}})
     assert Preferences.model_validate({"a": [{"b": "fine", "n": 2**63 - 1}]}).root["a"][0]["n"] == 2**63 - 1
+
+
+async def test_deeply_nested_bodies_are_refused(aiohttp_client: Any, make_app: Callable[[Settings], web.Application],
+                                               make_settings: Callable[..., Settings]) -> None:
+    api = await aiohttp_client(make_app(make_settings(**FAST, json_max_depth=6)))
+    user = await make_user(api.app)
+    path = f"/v1/users/{user.id}/preferences"
+    headers = {**user.headers, "Content-Type": "application/json"}
+    five = {"a": {"b": {"c": {"d": [1]}}}}  # the body object is level 1: five levels
+    assert (await api.patch(path, json={"ok": five}, headers=user.headers)).status == 200  # six
+    error = await refused(await api.patch(path, json={"ok": {"x": five}}, headers=user.headers))
+    assert "6" in error["details"]["errors"][0]["issue"]
+    for depth in (150, 199, 300):
+        await refused(await api.patch(path, data=b'{"a": ' + b"[" * depth + b"]" * depth + b"}", headers=headers))
+    # brackets in strings are not nesting
+    assert (await api.patch(path, json={"s": "[[[[[[[[[[{{{{{{{{"}, headers=user.headers)).status == 200
+    resp = await api.patch(path, data=b"[" * 5000 + b"]" * 5000, headers=headers)
+    assert (resp.status, (await resp.json())["error"]["code"]) == (400, "MALFORMED_JSON")

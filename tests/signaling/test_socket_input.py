@@ -72,3 +72,41 @@ def test_every_op_schema_refuses_nul_in_its_string_fields() -> None:
     assert checked >= 6
     with pytest.raises(ValidationError):
         Envelope.model_validate({"op": "join", "ref": 1, "room": NUL})
+
+
+def frame_of_depth(depth: int, ref: int) -> str:
+    """A `ping` frame nesting `depth` levels: the frame, `data`, then arrays under `data.x`."""
+    arrays = depth - 2
+    return f'{{"op": "ping", "ref": {ref}, "data": {{"x": ' + "[" * arrays + "]" * arrays + "}}"
+
+
+async def test_deep_nesting_is_refused_before_parsing_fails(socket_client: MakeClient) -> None:
+    client = await socket_client(json_max_depth=8)
+    sock = await connect(client, guest=True)
+
+    # 8 levels: within the bound, so the schema answers (`x` is no field of ping)
+    await sock.ws.send_str(frame_of_depth(8, 3))
+    assert (await sock.reply(3))["error"]["code"] == "VALIDATION_ERROR"
+    for depth in (9, 40, 255, 256, 1000):  # 255: past orjson's encoder; 1000: near its parser's limit
+        await sock.ws.send_str(frame_of_depth(depth, depth))
+        reply = await sock.reply(depth)
+        assert reply["ok"] is False and reply["error"]["code"] == "BAD_REQUEST", (depth, reply)
+        assert reply["error"]["details"] == {"max_depth": 8}
+    await sock.ws.send_str("[" * 2000 + "]" * 2000)  # past orjson's parser: not JSON it can read
+    assert (await sock.reply(None))["error"]["code"] == "MALFORMED_JSON"
+    assert (await sock.ok("ping"))["at"] > 0
+
+
+async def test_the_default_depth_takes_ordinary_frames(socket_client: MakeClient) -> None:
+    client = await socket_client()
+    sock = await connect(client, guest=True)
+    # brackets inside strings count toward the quick check but not toward the depth
+    await sock.send({"op": "auth", "ref": 9, "data": {"token": "[" * 100}})
+    assert (await sock.reply(9))["error"]["code"] == "INVALID_TOKEN"
+    await sock.ws.send_str(frame_of_depth(33, 4))
+    assert (await sock.reply(4))["error"]["code"] == "BAD_REQUEST"
+    await sock.ws.send_str(frame_of_depth(32, 5))
+    assert (await sock.reply(5))["error"]["code"] == "VALIDATION_ERROR"
+    await sock.ws.send_str(frame_of_depth(260, 6))
+    assert (await sock.reply(6))["error"]["code"] == "BAD_REQUEST"
+    assert (await sock.ok("ping"))["at"] > 0
