@@ -35,6 +35,7 @@ from server.kernel.limits import budget
 from server.kernel.net import client_ip
 from signaling.core import keys as socket_keys
 from signaling.core.connection import Connection
+from signaling.core.masking import StrictWebSocketResponse
 from signaling.core.ops import OpContext, OpSpec
 from signaling.core.protocol import MAX_REF, Close, Envelope, reply_error, reply_ok
 
@@ -72,8 +73,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if hub.admission.full:
         raise ApiError(ErrorCode.UNAVAILABLE, "this node holds as many sockets as it may; connect again shortly",
                        details={"limit": settings.ws_max_conns_per_node}, headers={"Retry-After": "1"})
-    # No compression: frames are built once and written as raw bytes to every member.
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_frame_bytes,
+    # No compression: frames are built once and written as raw bytes to every member. Strict: an
+    # unmasked client frame closes the connection 1002 (RFC 6455 5.1; aiohttp alone accepts it).
+    ws = StrictWebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_frame_bytes,
                                compress=False, timeout=settings.ws_close_timeout_s)
     await ws.prepare(request)
     transport = request.transport
