@@ -64,7 +64,8 @@ class UserPatch(Schema):
 
 
 class Preferences(RootModel[JsonObject]):
-    """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key)."""
+    """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key). No NUL (U+0000) in its
+    strings or keys, integers within 64 bits, finite numbers, nested at most GREENROOM_JSON_MAX_DEPTH."""
 
 
 USER = {"id": uuid_param("user")}

@@ -18,8 +18,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from aiohttp import WebSocketError, WSCloseCode, web
+from aiohttp import WebSocketError, web
 from aiohttp.web_request import BaseRequest
+
+from signaling.core.protocol import Close
 
 _LEN16 = struct.Struct("!H")
 _LEN64 = struct.Struct("!Q")
@@ -50,7 +52,7 @@ class MaskGuard:
             if eof:
                 return eof, tail
         self._failed = True
-        self._queue.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, "Received an unmasked client frame"))
+        self._queue.set_exception(WebSocketError(Close.PROTOCOL_ERROR, "Received an unmasked client frame"))
         return True, b""  # what aiohttp's reader answers after its own protocol errors
 
     def feed_eof(self) -> None:

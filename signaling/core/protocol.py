@@ -30,6 +30,7 @@ class Close(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down: reconnect (elsewhere) with `since`
+    PROTOCOL_ERROR = 1002  # an unmasked client frame (`masking.py`) or another RFC 6455 violation (aiohttp)
     MESSAGE_TOO_BIG = 1009  # an inbound frame exceeded `ws_max_frame_bytes` (aiohttp closes with it)
     AUTH_FAILED = 4001  # no auth within `ws_auth_timeout_s`, or a bad token in the auth phase: do not retry as-is
     TOKEN_EXPIRED = 4003  # the access token expired without a refresh: get a new token, reconnect

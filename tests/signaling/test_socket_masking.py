@@ -14,6 +14,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from signaling.core.protocol import Close
+
 WAIT_S = 5.0
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -123,19 +125,19 @@ async def test_an_unmasked_frame_closes_the_connection_1002(socket_client: MakeC
     raw.writer.write(client_frame(ping(1)))
     assert (await raw.reply())["ok"] is True
     raw.writer.write(client_frame(ping(101), masked=False))
-    assert await raw.close_code() == 1002
+    assert await raw.close_code() == Close.PROTOCOL_ERROR
     raw.writer.close()
     # a masked frame and an unmasked one in one write: the close (its reply may not make it first)
     raw = await open_raw(client)
     raw.writer.write(client_frame(ping(4)) + client_frame(ping(102), masked=False))
-    assert await raw.close_code() == 1002
+    assert await raw.close_code() == Close.PROTOCOL_ERROR
     raw.writer.close()
 
 
 async def test_an_unmasked_frame_right_behind_the_handshake_closes_1002(socket_client: MakeClient) -> None:
     client = await socket_client()
     raw = await open_raw(client, after_handshake=client_frame(ping(103), masked=False))
-    assert await raw.close_code() == 1002
+    assert await raw.close_code() == Close.PROTOCOL_ERROR
     raw.writer.close()
 
 
@@ -143,5 +145,5 @@ async def test_unmasked_control_frames_close_too(socket_client: MakeClient) -> N
     client = await socket_client()
     raw = await open_raw(client)
     raw.writer.write(client_frame(b"hi", masked=False, opcode=0x9))  # ping
-    assert await raw.close_code() == 1002
+    assert await raw.close_code() == Close.PROTOCOL_ERROR
     raw.writer.close()
