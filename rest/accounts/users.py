@@ -6,14 +6,14 @@ import functools
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, JsonValue, RootModel, model_validator
+from pydantic import BaseModel, Field, RootModel, model_validator
 
 from rest.accounts.auth import UserOut
 from rest.accounts.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
-from rest.framework.schema import Schema
+from rest.framework.schema import JsonObject, Schema
 from server.accounts import users
 from server.accounts.tokens import token_service
 from server.kernel import keys
@@ -63,8 +63,9 @@ class UserPatch(Schema):
         return out
 
 
-class Preferences(RootModel[dict[str, JsonValue]]):
-    """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key)."""
+class Preferences(RootModel[JsonObject]):
+    """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key). No NUL (U+0000) in its
+    strings or keys, integers within 64 bits, finite numbers, nested at most GREENROOM_JSON_MAX_DEPTH."""
 
 
 USER = {"id": uuid_param("user")}

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -22,6 +23,7 @@ from rest.framework.params import PathParam, PathValues, check_declared, parse_p
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.identity import Identity, Role
+from server.kernel.inputs import may_nest_deeper, nesting_exceeds
 from server.kernel.limits import Category
 
 B = TypeVar("B")
@@ -158,6 +160,7 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
     elif request.content_type not in ("application/json", "application/octet-stream", "text/plain", ""):
         # Browsers' simple form posts must not pass as JSON requests (CSRF-shaped traffic).
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "request body must be application/json")
+    _bound_nesting(raw, request.app[keys.SETTINGS].json_max_depth)
     try:
         return route.body.model_validate_json(raw, strict=True)
     except ValidationError as exc:
@@ -165,6 +168,22 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
             raise ApiError(ErrorCode.MALFORMED_JSON, "request body is not valid JSON") from None
         raise ApiError(ErrorCode.VALIDATION_ERROR, "request body failed validation",
                        details=validation_details(exc)) from None
+
+
+def _bound_nesting(raw: bytes, limit: int) -> None:
+    """422 for a body nested deeper than `json_max_depth` (pydantic's parser stops near 200 levels,
+    orjson's encoder at 254: past the bound neither is reached). Text that does not parse is left
+    to the schema's parser, which answers MALFORMED_JSON."""
+    if not may_nest_deeper(raw, limit):
+        return
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    if nesting_exceeds(parsed, limit):
+        issue = f"objects and arrays nest deeper than {limit} levels (GREENROOM_JSON_MAX_DEPTH)"
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "request body failed validation",
+                       details={"errors": [{"field": "(body)", "issue": issue}]})
 
 
 def _parse_query(request: web.Request, route: Route) -> Any:

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
+    json_max_depth: int = Field(32, ge=2, le=128, description=(
+        "Deepest nesting of objects and arrays in a REST JSON body or a socket frame (the outermost "
+        "counts 1); deeper is refused: 422 VALIDATION_ERROR, or a BAD_REQUEST reply on the socket."))
     http_header_timeout_s: float = Field(30.0, ge=0.1, le=3600,
                                          description="A connection must send a whole request head (line and "
                                                      "headers) within this long of opening or of its previous "
