@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from server.kernel.settings import Settings, load_settings
 from tests.support.openapi_check import checking_middleware
@@ -81,6 +81,10 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 # A test app's shutdown takes well under a second; past this, every task's stack goes to stderr
 # (shown with the test's report) so that a hang names what it waits for.
 SHUTDOWN_WATCHDOG_S = 20.0
+# aiohttp's runner waits up to this per step for a request it believes still in flight at shutdown
+# (its default, 60 s a step, once outlasted the 120 s test timeout in a CI-like run: the teardown of
+# a two-node test waited on no task at all, see the watchdog's dump in the issue notes).
+SHUTDOWN_TIMEOUT_S = 5.0
 
 
 def _awaiting(coro: Any) -> Iterator[str]:
@@ -133,6 +137,9 @@ def aiohttp_client(aiohttp_client: Any) -> Callable[..., Any]:
     async def go(app_or_server: Any, **kwargs: Any) -> TestClient:
         if isinstance(app_or_server, web.Application):
             kwargs["middlewares"] = (*kwargs.get("middlewares", ()), checking_middleware(app_or_server))
+            server = TestServer(app_or_server)
+            await server.start_server(shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+            app_or_server = server
         client: TestClient = await aiohttp_client(app_or_server, **kwargs)
         return client
 

@@ -10,7 +10,9 @@ Legs, one linked chain (all or nothing):
   2. wallet -> earnings, `amount - fee`, code `tip`
 The fee leg comes first so the performer leg's `debit_balance_after` is the wallet after the
 whole tip: the history shows one `tip_sent` row carrying the gross amount and the fee.
-Leg ids are uuid5 of the client-chosen tip id, so a retried tip id moves nothing twice.
+Leg ids are uuid5 of the client-chosen tip id, so a retried tip id moves nothing twice; the same
+id with any field changed moves nothing and answers `exists_with_different_fields`, also when the
+fee leg is unchanged (another message, or another amount with the same fee: `chain_result`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from ledger.accounts import Db
 from ledger.chain import chain_result
 from ledger.directory import AccountDirectory
 from ledger.engine import Engine
@@ -82,6 +85,12 @@ def tip_transfers(tip_id: UUID, wallet_id: int, earnings_id: int, amount: int, f
         legs = [Transfer(fee_id, wallet_id, SYSTEM_ACCOUNT_IDS[AccountKind.PLATFORM_REVENUE], parts.fee,
                          Code.FEE, metadata={**share_meta})]
     return legs
+
+
+async def tip_applied(db: Db, tip_id: UUID) -> bool:
+    """Whether the ledger holds the tip (its legs apply together: any one of them tells)."""
+    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM ledger_transfers WHERE id = ANY($1::uuid[]))",
+                                  list(leg_ids(tip_id))))
 
 
 async def transfer_tip(engine: Engine, directory: AccountDirectory, *, tip_id: UUID, sender: UUID,

@@ -166,6 +166,6 @@ async def me(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify access tokens (JWKS)",
-            response=Jwks, envelope=False, auth="public", rate="none", access=anyone(200))
+            response=Jwks, envelope=False, auth="public", rate="none", database=False, access=anyone(200))
 async def jwks(call: Call[None]) -> web.StreamResponse:
     return document(token_service(call.app).jwks(), headers={"Cache-Control": "public, max-age=60"})

@@ -6,7 +6,7 @@ import functools
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from rest.accounts.auth import UserOut
 from rest.accounts.user_fields import Bio, Country, DateOfBirth, DisplayName, Url, Username
@@ -14,7 +14,7 @@ from rest.framework.access import owner_or_admin, signed_in
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok
 from rest.framework.router import Call, Router
-from rest.framework.schema import Schema, not_null
+from rest.framework.schema import JsonObject, Schema, not_null
 from server.accounts import users
 from server.accounts.tokens import token_service
 from server.kernel import keys
@@ -68,8 +68,9 @@ class UserPatch(Schema):
         return out
 
 
-class Preferences(RootModel[dict[str, JsonValue]]):
-    """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key)."""
+class Preferences(RootModel[JsonObject]):
+    """A JSON object; PATCH merges it in (RFC 7386: `null` deletes a key). No NUL (U+0000) in its
+    strings or keys, integers within 64 bits, finite numbers, nested at most GREENROOM_JSON_MAX_DEPTH."""
 
 
 USER = {"id": uuid_param("user")}

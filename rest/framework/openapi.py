@@ -20,6 +20,7 @@ from rest.framework.responses import error_schema, error_schema_of, ok_schema
 from rest.framework.router import EMPTY_BODY, Route, Router
 from rest.framework.schema import SETTING_KEY
 from server import __version__
+from server.kernel import inputs
 from server.kernel.errors import ErrorCode
 from server.kernel.settings import Settings, env_name
 
@@ -38,7 +39,8 @@ IDEMPOTENT = (ErrorCode.BAD_REQUEST, ErrorCode.CONFLICT, ErrorCode.IDEMPOTENCY_K
 # What a status means, for the response's description (its codes follow).
 MEANING = {400: "malformed request", 401: "missing, invalid or expired credentials", 403: "not allowed",
            404: "not found", 409: "conflict with the current state", 413: "request body too large",
-           415: "request body is not JSON", 422: "validation failed", 429: "rate limit exceeded",
+           415: "request body is not JSON", 422: "validation failed (a NUL, U+0000, in any string is refused too)",
+           429: "rate limit exceeded",
            500: "internal error (details carry only a request id)", 502: "the payment provider failed",
            503: "a dependency is busy or unavailable; retry"}
 
@@ -58,6 +60,8 @@ HEADERS: dict[str, Any] = {
 def route_errors(route: Route) -> frozenset[ErrorCode]:
     """Every error code `route` can answer with: its declared domain codes and the framework's own."""
     codes: set[ErrorCode] = {ErrorCode.INTERNAL_ERROR, *route.errors}
+    if route.database:
+        codes.add(ErrorCode.UNAVAILABLE)  # PostgreSQL away (server.kernel.outage)
     if route.auth == "user":
         codes.update(AUTH_USER)
     elif route.auth == "optional":
@@ -85,8 +89,8 @@ def _headers(route: Route, status: int) -> dict[str, Any]:
     names: list[str] = []
     if route.rate != "none":
         names += RATE_HEADERS  # when the request spent budget: every answer after the auth checks
-    if status == 429:
-        names.append("Retry-After")
+    if status == 429 or (status == 409 and route.idempotent) or (status == 503 and route.database):
+        names.append("Retry-After")  # a budget spent, a keyed request still running, PostgreSQL away
     if route.idempotent:
         names.append("Idempotent-Replayed")
     return {n: {"$ref": f"#/components/headers/{n}"} for n in names}
@@ -232,7 +236,9 @@ def build_openapi(routers: Sequence[Router], settings: Settings) -> dict[str, An
         "info": {"title": "Greenroom API", "version": __version__,
                  "description": "REST layer of Greenroom; the room socket is at GET /ws (see README). "
                                 "A method a path does not list answers 405 METHOD_NOT_ALLOWED "
-                                "(`components.responses.MethodNotAllowed`) with an `Allow` header."},
+                                "(`components.responses.MethodNotAllowed`) with an `Allow` header. "
+                                f"Every request value (body, query): {inputs.RULES} A JSON body nests objects "
+                                f"and arrays at most {settings.json_max_depth} levels (GREENROOM_JSON_MAX_DEPTH)."},
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {

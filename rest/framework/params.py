@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.kernel.errors import not_found
+from server.kernel.inputs import NUL
 
 # aiohttp's `{name}` and `{name:regex}` placeholders.
 PLACEHOLDER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
@@ -41,11 +42,14 @@ def uuid_param(names: str) -> PathParam:
 
 
 def _text(raw: str) -> str:
+    if NUL in raw:  # nothing stored can be named by it (PostgreSQL refuses NUL in text)
+        raise ValueError("NUL in a path segment")
     return raw
 
 
 def text_param(names: str) -> PathParam:
-    """Any non-empty segment (a slug, a name), as the router matched it."""
+    """Any non-empty segment (a slug, a name), as the router matched it; one with a NUL (U+0000)
+    names nothing, so it is 404 like any segment that does not parse (not 422: see the module)."""
     return PathParam(names, _text, {"type": "string", "minLength": 1})
 
 

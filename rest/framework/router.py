@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -23,6 +24,7 @@ from server.kernel import keys
 from server.kernel.access import Access
 from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.identity import Identity, Role
+from server.kernel.inputs import may_nest_deeper, nesting_exceeds
 from server.kernel.limits import Category
 
 B = TypeVar("B")
@@ -73,6 +75,7 @@ class Route:
     other_statuses: tuple[int, ...]
     envelope: bool
     produces: tuple[str, ...]
+    database: bool
     access: Access[int] | None = None  # who gets what (server.kernel.access); the access table test reads it
 
 
@@ -89,7 +92,7 @@ class Router:
               rate: Category = "general", idempotent: bool = False, list_response: bool = False,
               raw_body: bool = False, params: Mapping[str, PathParam] | None = None,
               errors: Sequence[ErrorCode] = (), other_statuses: Sequence[int] = (), envelope: bool = True,
-              produces: Sequence[str] = ("application/json",),
+              produces: Sequence[str] = ("application/json",), database: bool = True,
               access: Access[int] | None = None) -> Callable[[Handler], Handler]:
         """Declare a route. `roles` empty means any authenticated role (when auth='user').
 
@@ -109,7 +112,8 @@ class Router:
 
         `raw_body=True` hands the handler the unparsed bytes in `call.body` (webhooks whose
         signature covers the exact bytes); a `body` model beside it only documents what the
-        handler then requires of them.
+        handler then requires of them. `database=False`: the route never touches PostgreSQL,
+        so it never answers the 503 of a database outage (`server.kernel.outage`).
         """
 
         declared = dict(params or {})
@@ -119,7 +123,7 @@ class Router:
             self.routes.append(Route(method.upper(), path, handler, summary, (self.tag,), body, query,
                                      response, status, auth, tuple(roles), rate, idempotent,
                                      list_response, raw_body, declared, frozenset(errors),
-                                     tuple(other_statuses), envelope, tuple(produces), access))
+                                     tuple(other_statuses), envelope, tuple(produces), database, access))
             return handler
 
         return decorate
@@ -169,6 +173,7 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
     elif request.content_type not in ("application/json", "application/octet-stream", "text/plain", ""):
         # Browsers' simple form posts must not pass as JSON requests (CSRF-shaped traffic).
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "request body must be application/json")
+    _bound_nesting(raw, request.app[keys.SETTINGS].json_max_depth)
     try:
         return route.body.model_validate_json(raw, strict=True)
     except ValidationError as exc:
@@ -176,6 +181,22 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
             raise ApiError(ErrorCode.MALFORMED_JSON, "request body is not valid JSON") from None
         raise ApiError(ErrorCode.VALIDATION_ERROR, "request body failed validation",
                        details=validation_details(exc)) from None
+
+
+def _bound_nesting(raw: bytes, limit: int) -> None:
+    """422 for a body nested deeper than `json_max_depth` (pydantic's parser stops near 200 levels,
+    orjson's encoder at 254: past the bound neither is reached). Text that does not parse is left
+    to the schema's parser, which answers MALFORMED_JSON."""
+    if not may_nest_deeper(raw, limit):
+        return
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    if nesting_exceeds(parsed, limit):
+        issue = f"objects and arrays nest deeper than {limit} levels (GREENROOM_JSON_MAX_DEPTH)"
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "request body failed validation",
+                       details={"errors": [{"field": "(body)", "issue": issue}]})
 
 
 def _parse_query(request: web.Request, route: Route) -> Any:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from server.kernel.inputs import check_value
 
 
 class Schema(BaseModel):
-    """Base of every request schema: unknown fields are an error, not silently dropped."""
+    """Base of every request schema (bodies and queries): unknown fields are an error, not silently
+    dropped, and no field holds what PostgreSQL cannot store (`server.kernel.inputs`: a NUL in any
+    string, nested ones and free-form values included; an integer beyond 64 bits; NaN, infinities)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return check_value(value)
+
+
+# A free-form JSON object from a client (preferences), under the same rule as every Schema field.
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(check_value)]
 
 
 # Marks a schema whose limits are settings; the OpenAPI builder writes the running app's values.

@@ -168,20 +168,20 @@ OPERATORS = Access.every(403)
 
 
 @router.get("/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, other_statuses=(503,), auth="public", rate="none", access=anyone(200))
+            response=Health, other_statuses=(503,), auth="public", rate="none", database=False, access=anyone(200))
 async def health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/v1/monitoring/health", summary="Liveness and dependencies (503 when PostgreSQL is unreachable)",
-            response=Health, other_statuses=(503,), auth="public", rate="none", access=anyone(200))
+            response=Health, other_statuses=(503,), auth="public", rate="none", database=False, access=anyone(200))
 async def monitoring_health(call: Call[None]) -> web.StreamResponse:
     return await _health(call)
 
 
 @router.get("/metrics", summary="Prometheus metrics of the worker that answers (text exposition; operators only)",
             auth="public", rate="none", produces=PROMETHEUS, errors=(ErrorCode.PERMISSION_DENIED,),
-            access=OPERATORS)
+            database=False, access=OPERATORS)
 async def metrics(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     body, content_type = call.app[keys.METRICS].render(call.request.headers.get("Accept"))
@@ -189,7 +189,8 @@ async def metrics(call: Call[None]) -> web.StreamResponse:
 
 
 @router.get("/v1/status", summary="Version, uptime, mode and live counts of the worker that answers (operators only)",
-            response=Status, auth="public", rate="none", errors=(ErrorCode.PERMISSION_DENIED,), access=OPERATORS)
+            response=Status, auth="public", rate="none", errors=(ErrorCode.PERMISSION_DENIED,), database=False,
+            access=OPERATORS)
 async def status(call: Call[None]) -> web.StreamResponse:
     _require_operator(call)
     app = call.app

@@ -28,7 +28,7 @@ class OpenApiDocument(BaseModel):
 
 
 @router.get("/v1/openapi.json", summary="This API's OpenAPI 3.1 document", response=OpenApiDocument, envelope=False,
-            auth="public", rate="none", access=anyone(200))
+            auth="public", rate="none", database=False, access=anyone(200))
 async def openapi(call: Call[None]) -> web.StreamResponse:
     routers: list[Router] = call.app[MOUNTED]
     return document(build_openapi(routers, call.app[keys.SETTINGS]))

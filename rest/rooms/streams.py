@@ -12,7 +12,7 @@ from rest.framework.access import Access, anyone, owner_or_admin
 from rest.framework.fields import INTEGRAL
 from rest.framework.params import uuid_param
 from rest.framework.responses import ok, page_meta
-from rest.framework.router import Call, Router
+from rest.framework.router import Call, Router, idempotent_id
 from rest.framework.schema import PageQuery, Schema, from_settings, not_null
 from server.kernel.errors import ErrorCode
 from server.kernel.patterns import NOT_BLANK
@@ -146,8 +146,10 @@ STREAM_USER = {"id": uuid_param("stream"), "user_id": uuid_param("user")}
              errors=(ErrorCode.CONFLICT,), access=Access.every(201, anonymous=401, viewer=403))
 async def create_stream(call: Call[StreamCreate]) -> web.StreamResponse:
     b = call.body
+    # The id derives from the Idempotency-Key: a retry that runs again finds the stream made before.
     stream = await streams.create_stream(call.app, call.user, title=b.title, description=b.description,
-                                         category=b.category, tags=b.tags, access=b.access)
+                                         category=b.category, tags=b.tags, access=b.access,
+                                         stream_id=idempotent_id(call, "stream"))
     return ok(stream, status=201)
 
 

@@ -32,6 +32,7 @@ from server.commerce.payments import StripeGateway
 from server.http.ratelimit import MemoryLimiter, RedisLimiter
 from server.kernel import keys
 from server.kernel.breaker import Breaker
+from server.kernel.instance import Instance
 from server.kernel.settings import Settings
 from signaling.core import keys as socket_keys
 from signaling.core.backend import create_broker, create_presence, new_node_id
@@ -58,6 +59,19 @@ def database(dsn: str) -> Ctx:
         app[keys.DB] = pool
         yield
         await asyncio.wait_for(pool.close(), timeout=settings.shutdown_timeout_s)
+
+    return context
+
+
+def instance(dsn: str) -> Ctx:
+    """This worker's id as `keys.INSTANCE`, alive while its lock is held (own connection)."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        worker = Instance(dsn)
+        await worker.start()
+        app[keys.INSTANCE] = worker
+        yield
+        await worker.close()
 
     return context
 
@@ -252,4 +266,4 @@ async def freeze_startup_heap(app: web.Application) -> None:
 
 def contexts(dsn: str) -> list[Ctx]:
     """The worker's contexts in start order (torn down in reverse)."""
-    return [database(dsn), auth, redis, limiter, retention, ledger(dsn), wallet, socket]
+    return [database(dsn), instance(dsn), auth, redis, limiter, retention, ledger(dsn), wallet, socket]

@@ -13,6 +13,7 @@ from rest.framework.guards import RATE_HEADERS
 from rest.framework.responses import error
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode
+from server.kernel.outage import DEPENDENCY_DOWN, unavailable
 
 log = logging.getLogger("greenroom.http")
 
@@ -41,6 +42,10 @@ async def error_middleware(request: web.Request,
             response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
+    except DEPENDENCY_DOWN as exc:
+        log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc,
+                    extra={"request_id": request_id, "path": request.path})
+        response = error(unavailable(), headers=request.get(RATE_HEADERS))
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
         response = error(ApiError(ErrorCode.INTERNAL_ERROR, "internal error", details={"request_id": request_id}),

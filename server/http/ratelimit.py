@@ -109,16 +109,13 @@ class RedisLimiter:
         return self._breaker.open
 
     async def hit(self, key: str, budget: Budget, cost: int = 1) -> Decision:
-        if self._breaker.open:
-            return await self._fallback.hit(key, budget, cost)
         window_us = int(budget.window_s * 1_000_000)
         try:
-            allowed, remaining, reset_us, retry_us = await self._script(
-                keys=[KEY_PREFIX + key], args=[budget.limit, window_us, cost])
-        except (RedisError, OSError) as exc:
-            self._breaker.failed(exc)
+            allowed, remaining, reset_us, retry_us = await self._breaker.run(
+                lambda: self._script(keys=[KEY_PREFIX + key], args=[budget.limit, window_us, cost]),
+                (RedisError, OSError))
+        except (RedisError, OSError):  # BreakerOpen too: a ConnectionError
             return await self._fallback.hit(key, budget, cost)
-        self._breaker.succeeded()
         return Decision(bool(allowed), budget.limit, int(remaining), int(reset_us) / US, int(retry_us) / US)
 
     async def close(self) -> None:

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger("greenroom.breaker")
+
+T = TypeVar("T")
+
+
+class BreakerOpen(ConnectionError):
+    """The dependency failed moments ago; the call was not attempted."""
 
 
 class Breaker:
@@ -41,3 +48,15 @@ class Breaker:
             log.info("%s available again", self.name)
         self._tripped = False
         self._open_until = 0.0
+
+    async def run(self, command: Callable[[], Awaitable[T]], failures: tuple[type[BaseException], ...]) -> T:
+        """Run `command`: BreakerOpen at once while open; a failure in `failures` opens it and re-raises."""
+        if self.open:
+            raise BreakerOpen(f"{self.name} failed moments ago; not trying again yet")
+        try:
+            result = await command()
+        except failures as exc:
+            self.failed(exc)
+            raise
+        self.succeeded()
+        return result

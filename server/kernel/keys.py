@@ -15,6 +15,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from server.kernel.identity import Authenticator
+from server.kernel.instance import Instance
 from server.kernel.limits import Limiter
 from server.kernel.metrics import Metrics
 from server.kernel.settings import Settings
@@ -26,6 +27,7 @@ AUTH = web.AppKey("authenticator", Authenticator)
 LIMITER = web.AppKey("limiter", Limiter)
 STARTED_AT = web.AppKey("started_at", float)
 METRICS = web.AppKey("metrics", Metrics)
+INSTANCE = web.AppKey("instance", Instance)  # this worker's id, alive while it runs (keyed requests' owner)
 # Background tasks started by lifecycle hooks; cancelled (bounded) on shutdown.
 BACKGROUND = web.AppKey("background", list)
 

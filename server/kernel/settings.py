@@ -76,6 +76,9 @@ class Settings(BaseSettings):
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
+    json_max_depth: int = Field(32, ge=2, le=128, description=(
+        "Deepest nesting of objects and arrays in a REST JSON body or a socket frame (the outermost "
+        "counts 1); deeper is refused: 422 VALIDATION_ERROR, or a BAD_REQUEST reply on the socket."))
     http_header_timeout_s: float = Field(30.0, ge=0.1, le=3600,
                                          description="A connection must send a whole request head (line and "
                                                      "headers) within this long of opening or of its previous "
@@ -89,6 +92,13 @@ class Settings(BaseSettings):
                                  description="After answering a request whose body was not read whole (408, 413), "
                                              "the rest is read and dropped at most this long before closing, so the "
                                              "client sees the answer.")
+    idempotency_lease_s: float = Field(120.0, ge=1, le=86400, description=(
+        "A request with an Idempotency-Key holds its key this long; a retry meanwhile gets 409 CONFLICT "
+        "(Retry-After), unless the process running it is gone (killed: its PostgreSQL lock is released). A "
+        "retry after the lease takes the key over and runs the request again (its effects carry ids derived "
+        "from the key, so it applies once). Longer than any request may run: at least "
+        "GREENROOM_DB_STATEMENT_TIMEOUT_MS + GREENROOM_SHUTDOWN_TIMEOUT_S + every Stripe try "
+        "(GREENROOM_STRIPE_TIMEOUT_S x (1 + GREENROOM_STRIPE_MAX_NETWORK_RETRIES))."))
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (empty: same origin).")
     access_log: bool = Field(True, description="Log one JSON line per HTTP request.")
 
@@ -293,7 +303,18 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(f"invalid settings: GREENROOM_TOKEN_PACKS: {exc}") from None
     if settings.db_pool_min > settings.db_pool_max:
         raise SettingsError("invalid settings: GREENROOM_DB_POOL_MIN exceeds GREENROOM_DB_POOL_MAX")
+    if settings.idempotency_lease_s < longest_request_s(settings):
+        raise SettingsError(f"invalid settings: GREENROOM_IDEMPOTENCY_LEASE_S must be at least "
+                            f"{longest_request_s(settings):g} (the statement timeout, the shutdown drain and every "
+                            "Stripe try): a shorter lease lets a retry run a request still running")
     return settings
+
+
+def longest_request_s(settings: Settings) -> float:
+    """What bounds one keyed request's run, as far as settings do: its slowest statement, the
+    shutdown drain it may still be in, and a Stripe call with all its retries."""
+    stripe = settings.stripe_timeout_s * (1 + settings.stripe_max_network_retries)
+    return settings.db_statement_timeout_ms / 1000 + settings.shutdown_timeout_s + stripe
 
 
 def settings_table() -> str:

@@ -7,10 +7,11 @@ Auth: `?token=<access token>` on the URL, `?guest=1` for a guest, or else a firs
 token's `exp` unless an `auth` op with a fresh token for the same user came first.
 
 Every inbound frame gets a reply with its `ref` (`null` when the frame had no usable ref):
-malformed JSON, a non-object, a bad envelope, an unknown op, a binary frame, an op needing a
-user or a joined room, and data failing the op's schema are all error replies; the socket
-stays open. Only an inbound frame over `ws_max_frame_bytes` (1009, aiohttp's reader refuses it
-before it is buffered) and the close codes in `protocol.Close` end a session.
+malformed JSON, a non-object, JSON nested deeper than `json_max_depth`, a bad envelope, an
+unknown op, a binary frame, an op needing a user or a joined room, and data failing the op's
+schema are all error replies; the socket stays open. Only an inbound frame over
+`ws_max_frame_bytes` (1009, aiohttp's reader refuses it before it is buffered) and the close
+codes in `protocol.Close` end a session.
 
 Ops of one socket run one at a time, in arrival order: a `chat.send` right after a `join` finds
 the room joined.
@@ -29,10 +30,13 @@ from pydantic import ValidationError
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, validation_details
 from server.kernel.identity import Identity
+from server.kernel.inputs import may_nest_deeper, nesting_exceeds
 from server.kernel.limits import budget
 from server.kernel.net import client_ip
+from server.kernel.outage import DEPENDENCY_DOWN, unavailable
 from signaling.core import keys as socket_keys
 from signaling.core.connection import Connection
+from signaling.core.masking import StrictWebSocketResponse
 from signaling.core.ops import OpContext, OpSpec
 from signaling.core.protocol import MAX_REF, Close, Envelope, reply_error, reply_ok
 
@@ -70,8 +74,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if hub.admission.full:
         raise ApiError(ErrorCode.UNAVAILABLE, "this node holds as many sockets as it may; connect again shortly",
                        details={"limit": settings.ws_max_conns_per_node}, headers={"Retry-After": "1"})
-    # No compression: frames are built once and written as raw bytes to every member.
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_frame_bytes,
+    # No compression: frames are built once and written as raw bytes to every member. Strict: an
+    # unmasked client frame closes the connection 1002 (RFC 6455 5.1; aiohttp alone accepts it).
+    ws = StrictWebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_frame_bytes,
                                compress=False, timeout=settings.ws_close_timeout_s)
     await ws.prepare(request)
     transport = request.transport
@@ -157,6 +162,10 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
                            details={"limit": limit, "window_s": 10})
         if not isinstance(obj, dict):
             raise ApiError(ErrorCode.BAD_REQUEST, "a message must be a JSON object")
+        limit = app[keys.SETTINGS].json_max_depth
+        if may_nest_deeper(raw, limit) and nesting_exceeds(obj, limit):
+            raise ApiError(ErrorCode.BAD_REQUEST, f"objects and arrays nest deeper than {limit} levels",
+                           details={"max_depth": limit})
         try:
             env = Envelope.model_validate(obj)
         except ValidationError as exc:
@@ -188,6 +197,10 @@ async def _handle(app: web.Application, conn: Connection, raw: str) -> None:
         conn.send(reply_ok(env.ref, result))
     except ApiError as exc:
         conn.send(reply_error(ref, exc.body()["error"]))
+    except DEPENDENCY_DOWN as exc:
+        log.warning("socket op failed: dependency unavailable: %s: %s", type(exc).__name__, exc,
+                    extra={"conn_id": conn.conn_id})
+        conn.send(reply_error(ref, unavailable().body()["error"]))
     except Exception:
         log.exception("socket op failed", extra={"conn_id": conn.conn_id})
         conn.send(reply_error(ref, {"code": ErrorCode.INTERNAL_ERROR, "message": "internal error"}))

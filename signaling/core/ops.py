@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from server.kernel.access import Access
 from server.kernel.identity import Identity, Role
+from server.kernel.inputs import check_value
 from server.kernel.limits import Category
 from signaling.core.connection import Connection, Grant
 
@@ -32,9 +33,16 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 
 
 class OpData(BaseModel):
-    """Base of every op's data schema: unknown fields are an error."""
+    """Base of every op's data schema: unknown fields are an error, and no field holds what
+    PostgreSQL cannot store (`server.kernel.inputs`: NUL in a string, nested ones and free-form values
+    included; an integer beyond 64 bits; NaN, infinities)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return check_value(value)
 
 
 class NoData(OpData):

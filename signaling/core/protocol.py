@@ -18,7 +18,9 @@ from enum import IntEnum
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from server.kernel.inputs import check_value
 
 MAX_REF = 2**53 - 1  # refs round-trip through JavaScript numbers
 
@@ -28,6 +30,7 @@ class Close(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down: reconnect (elsewhere) with `since`
+    PROTOCOL_ERROR = 1002  # an unmasked client frame (`masking.py`) or another RFC 6455 violation (aiohttp)
     MESSAGE_TOO_BIG = 1009  # an inbound frame exceeded `ws_max_frame_bytes` (aiohttp closes with it)
     AUTH_FAILED = 4001  # no auth within `ws_auth_timeout_s`, or a bad token in the auth phase: do not retry as-is
     TOKEN_EXPIRED = 4003  # the access token expired without a refresh: get a new token, reconnect
@@ -78,3 +81,6 @@ class Envelope(BaseModel):
     ref: StrictInt = Field(ge=0, le=MAX_REF)
     room: str | None = Field(default=None, min_length=1, max_length=128)
     data: dict[str, Any] = Field(default_factory=dict)
+
+    # `data` is checked by the op's schema (an `OpData`); the envelope's own strings here.
+    _storable = field_validator("op", "room")(check_value)

@@ -58,6 +58,7 @@ SUBSCRIBE_CHUNK = 500  # channels per SUBSCRIBE command when resubscribing after
 DEAD_AFTER_PINGS = 3  # silent ping intervals before the pub/sub connection counts as dead
 CLOSE_WAIT_S = 5.0  # bound on waiting for the reader task at close
 _FRAME_LEN = struct.Struct(">I")
+REDIS_DOWN = (RedisError, OSError)
 T = TypeVar("T")
 
 PUBLISH_LUA = """
@@ -278,15 +279,10 @@ class RedisBroker:
 
     async def _guarded(self, command: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis command; BrokerUnavailable if it fails, or at once while Redis just failed."""
-        if self._breaker.open:
-            raise BrokerUnavailable("Redis failed moments ago; not trying again yet")
         try:
-            result = await command()
-        except (RedisError, OSError) as exc:
-            self._breaker.failed(exc)
+            return await self._breaker.run(command, REDIS_DOWN)
+        except REDIS_DOWN as exc:  # BreakerOpen is a ConnectionError, so an OSError
             raise BrokerUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
-        self._breaker.succeeded()
-        return result
 
     async def history(self, channel: str, since: StreamPosition | None, limit: int) -> HistoryResult:
         if limit < 0:

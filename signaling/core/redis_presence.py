@@ -36,6 +36,7 @@ PURGE_ROUNDS_MAX = 100  # purge calls per read; each drops up to `purge_batch` e
 HMGET_CHUNK = 1000  # Lua's unpack() has a small stack limit
 COUNTS_CHUNK = 500  # channels per pipelined round trip in counts_many
 CLOSE_WAIT_S = 5.0  # bound on waiting for an in-flight heartbeat at close
+REDIS_DOWN = (RedisError, OSError)  # the breaker's BreakerOpen is a ConnectionError, so among them
 T = TypeVar("T")
 
 
@@ -184,14 +185,10 @@ class RedisPresence:
     async def members(self, channel: str, limit: int) -> dict[str, Info]:
         if limit <= 0:
             return {}
-        if self._breaker.open:
-            return self._local_members(channel, limit)
         try:
-            reply = await self._read_fresh(channel, "members", limit)
-        except (RedisError, OSError) as exc:
-            self._breaker.failed(exc)
+            reply = await self._breaker.run(lambda: self._read_fresh(channel, "members", limit), REDIS_DOWN)
+        except REDIS_DOWN:
             return self._local_members(channel, limit)
-        self._breaker.succeeded()
         return {cid.decode(): orjson.loads(info) for cid, info in zip(reply[1], reply[2], strict=True)
                 if info is not None}
 
@@ -199,15 +196,10 @@ class RedisPresence:
         return (await self.counts_many([channel]))[channel]
 
     async def counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
-        if self._breaker.open:
-            return {channel: self._local_counts(channel) for channel in channels}
         try:
-            counts = await self._counts_many(channels)
-        except (RedisError, OSError) as exc:
-            self._breaker.failed(exc)
+            return await self._breaker.run(lambda: self._counts_many(channels), REDIS_DOWN)
+        except REDIS_DOWN:
             return {channel: self._local_counts(channel) for channel in channels}
-        self._breaker.succeeded()
-        return counts
 
     @property
     def degraded(self) -> bool:
@@ -223,15 +215,7 @@ class RedisPresence:
         return {cid: orjson.loads(info) for cid, (_, info) in list(room.items())[:limit]}
 
     async def _write(self, command: Callable[[], Awaitable[T]]) -> T:
-        if self._breaker.open:
-            raise ConnectionError("Redis presence failed moments ago; not trying again yet")
-        try:
-            result = await command()
-        except (RedisError, OSError) as exc:
-            self._breaker.failed(exc)
-            raise
-        self._breaker.succeeded()
-        return result
+        return await self._breaker.run(command, REDIS_DOWN)
 
     async def _counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}

@@ -77,3 +77,7 @@ def test_chain_result() -> None:
                          Outcome(b, Result.INSUFFICIENT_FUNDS)]) is Result.INSUFFICIENT_FUNDS
     assert chain_result([Outcome(a, Result.EXISTS_WITH_DIFFERENT_FIELDS),
                          Outcome(b, Result.LINKED_EVENT_FAILED)]) is Result.EXISTS_WITH_DIFFERENT_FIELDS
+    # What the batch answers when a stored member is equal and the next one differs (or is new):
+    # the chain's ids hold another chain.
+    assert chain_result([Outcome(a, Result.EXISTS),
+                         Outcome(b, Result.LINKED_EVENT_FAILED)]) is Result.EXISTS_WITH_DIFFERENT_FIELDS

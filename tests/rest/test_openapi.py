@@ -51,11 +51,12 @@ def test_framework_statuses_follow_route_properties(doc: dict[str, Any]) -> None
     assert set(status["responses"]) == {"200", "403", "500"}
     # a route without a body never reads one: no 413/415; a public one is never 401
     balance = _op(doc, "get", "/v1/wallet/balance")
-    assert set(balance["responses"]) == {"200", "401", "429", "500"}
+    assert set(balance["responses"]) == {"200", "401", "429", "500", "503"}  # 503: PostgreSQL away
+    assert _codes(balance, 503) == ["UNAVAILABLE"]
     assert _codes(balance, 401) == ["AUTHENTICATION_REQUIRED", "INVALID_TOKEN", "TOKEN_EXPIRED"]
     register = _op(doc, "post", "/v1/auth/register")
     assert "401" not in register["responses"] and _codes(register, 409) == ["CONFLICT"]
-    assert _codes(register, 503) == ["OVERLOADED"]  # password hashing queue full
+    assert _codes(register, 503) == ["OVERLOADED", "UNAVAILABLE"]  # hashing queue full; PostgreSQL away
     # roles: 403; path parameters: 404
     approve = _op(doc, "post", "/v1/admin/payouts/{id}/approve")
     assert _codes(approve, 403) == ["PERMISSION_DENIED"] and "NOT_FOUND" in _codes(approve, 404)
@@ -86,7 +87,13 @@ def test_route_errors_are_declared_plus_framework_codes() -> None:
 
     assert route_errors(router.routes[0]) == {ErrorCode.PAYMENT_PROVIDER_ERROR, ErrorCode.NOT_FOUND,
                                               ErrorCode.INVALID_TOKEN, ErrorCode.TOKEN_EXPIRED,
-                                              ErrorCode.INTERNAL_ERROR}
+                                              ErrorCode.INTERNAL_ERROR, ErrorCode.UNAVAILABLE}
+
+    @router.get("/v1/t/doc", summary="t", auth="public", rate="none", database=False)
+    async def doc(call: Call[None]) -> web.StreamResponse:
+        return ok(None)
+
+    assert route_errors(router.routes[1]) == {ErrorCode.INTERNAL_ERROR}  # no database: no outage 503
 
 
 def test_standard_formats_are_documented_as_served(doc: dict[str, Any]) -> None:

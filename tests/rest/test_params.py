@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from rest import ROUTERS
-from rest.framework.params import PathValues, parse_path, uuid_param
+from rest.framework.params import PathValues, parse_path, text_param, uuid_param
 from rest.framework.router import Router
 from server.kernel.errors import ApiError
 from tests.support.factories import TestUser, make_user
@@ -31,6 +31,14 @@ def test_parse_path_types_values_and_refuses_malformed_ones() -> None:
     with pytest.raises(ApiError) as caught:
         parse_path({"id": str(sid), "user_id": "nope"}, params)
     assert caught.value.message == "user not found"
+
+
+def test_a_text_parameter_with_a_nul_names_nothing() -> None:
+    params = {"slug": text_param("page")}
+    assert parse_path({"slug": "ok-slug"}, params).text("slug") == "ok-slug"
+    with pytest.raises(ApiError) as caught:
+        parse_path({"slug": "a\x00b"}, params)  # PostgreSQL could not even be asked about it
+    assert caught.value.status == 404 and caught.value.message == "page not found"
 
 
 def test_asking_for_an_undeclared_type_is_a_programming_error() -> None:

@@ -315,3 +315,24 @@ async def test_lifecycle_events_and_viewers_over_the_socket(client: TestClient, 
     ended = (await _json(await client.post(base + "/end", headers=host.headers), 200))["data"]
     ev = await socks[2].event("stream.ended")
     assert ev["data"] == {"stream_id": stream["id"], "ended_at": ended["ended_at"], "total_tokens_received": 0}
+
+
+async def test_a_keyed_create_run_again_after_a_crash_makes_one_stream(aiohttp_client: Any, make_app: Any,
+                                                                       make_settings: Any) -> None:
+    """A keyed create whose first run committed but stored no answer (the process died, or the answer
+    was a 5xx) runs again on the retry: it finds the stream it made (its id derives from the key)
+    instead of making a second one, also when the host is at the open-stream limit."""
+    client = await aiohttp_client(make_app(make_settings(streams_open_max_per_host=1)))
+    host = await make_user(client.app, role="performer")
+    headers = {**host.headers, "Idempotency-Key": "create-1"}
+    first = (await _json(await client.post("/v1/streams", json={"title": "Once"}, headers=headers), 201))["data"]
+    db = client.app[keys.DB]
+    await db.execute("DELETE FROM idempotency_keys")  # no stored answer: the retry runs the handler again
+    again = await client.post("/v1/streams", json={"title": "Once"}, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") is None, "the handler ran again"
+    assert (await _json(again, 201))["data"]["id"] == first["id"]
+    assert await db.fetchval("SELECT count(*) FROM streams WHERE host_id = $1", host.id) == 1
+    assert await db.fetchval("SELECT count(*) FROM rooms WHERE host_id = $1", host.id) == 1
+    # Another key is another stream (refused here: the host is at the limit).
+    other = await client.post("/v1/streams", json={"title": "Once"}, headers={**host.headers, "Idempotency-Key": "2"})
+    assert (await _json(other, 409))["error"]["code"] == "CONFLICT"

@@ -14,6 +14,7 @@ from ledger import AccountKind, Result
 from ledger.flows.tips import transfer_tip
 from server.commerce import keys as money
 from server.kernel import keys
+from signaling.features.tips import audit as tips_audit
 from tests.support.factories import TestUser, make_user
 from tests.support.rooms_support import new_stream, room_of
 from tests.support.socket_support import Sock, connect
@@ -215,3 +216,92 @@ async def test_rest_tips_to_a_stream_respect_the_room_rules(socket_client: MakeC
                              headers=outsider.headers)
     assert resp.status == 409, "a stream's id with another performer as recipient"
     assert await available(app, fan.id) == 100 and await available(app, outsider.id) == 100
+
+
+async def test_a_tip_id_reused_for_another_tip_is_refused_on_both_paths(socket_client: MakeClient) -> None:
+    """The same tip id with any field changed is IDEMPOTENCY_KEY_REUSED (409) over the socket and
+    REST alike, whichever leg of the tip differs: also when the fee leg is unchanged (another
+    message, or another amount with the same fee), which the ledger sees as a half-replayed chain.
+    Nothing moves and the first tip stays as it was."""
+    client = await socket_client()
+    app = client.app
+    host, rival, fan = (await make_user(app, role="performer"), await make_user(app, role="performer"),
+                        await make_user(app))
+    await fund(app, fan.id, 1000)
+    stream, elsewhere = await _live(client, host), await _live(client, rival)
+    room, other_room = room_of(stream), room_of(elsewhere)
+    sock, rival_sock = await _joined(client, fan, room), await _joined(client, fan, other_room)
+    tip_id = _tid()
+    first = await sock.ok("tip.send", room, id=tip_id, amount=100, message="bravo")
+    assert (first["outcome"], first["fee"], first["stream_total"]) == ("ok", 20, 100)
+    assert (await sock.event("tip.received"))["data"]["id"] == tip_id
+    # 101 at 20 % carries the same 20-token fee as 100; 150 carries 30.
+    socket_variants: list[tuple[Sock, str, dict[str, Any]]] = [
+        (sock, room, {"amount": 100, "message": "another message"}),
+        (sock, room, {"amount": 101, "message": "bravo"}),
+        (sock, room, {"amount": 150, "message": "bravo"}),
+        (rival_sock, other_room, {"amount": 100, "message": "bravo"}),  # another recipient
+    ]
+    for s, r, data in socket_variants:
+        frame = await s.request("tip.send", r, id=tip_id, **data)
+        assert not frame["ok"] and frame["error"]["code"] == "IDEMPOTENCY_KEY_REUSED", (data, frame)
+    base = {"to_user_id": str(host.id), "amount": 100, "message": "bravo", "stream_id": stream["id"], "id": tip_id}
+    rest_variants: list[dict[str, Any]] = [
+        {**base, "message": "another message"},
+        {**base, "amount": 101},
+        {**base, "amount": 150},
+        {**base, "to_user_id": str(rival.id), "stream_id": elsewhere["id"]},
+        {**base, "to_user_id": str(rival.id), "stream_id": None},
+        {**base, "stream_id": None},  # the same tip outside the stream
+    ]
+    for body in rest_variants:
+        resp = await client.post("/v1/wallet/transfer", json=body, headers=fan.headers)
+        got = await resp.json()
+        assert resp.status == 409 and got["error"]["code"] == "IDEMPOTENCY_KEY_REUSED", (body, got)
+    # The very same tip is still a replay on both paths.
+    assert (await sock.ok("tip.send", room, id=tip_id, amount=100, message="bravo"))["replayed"] is True
+    resp = await client.post("/v1/wallet/transfer", json=base, headers=fan.headers)
+    assert resp.status == 200 and (await resp.json())["data"]["replayed"] is True
+    assert await available(app, fan.id) == 900
+    assert await available(app, host.id, AccountKind.EARNINGS) == 80
+    assert await available(app, rival.id, AccountKind.EARNINGS) == 0
+    db = app[keys.DB]
+    rows = await db.fetch("SELECT tip_id, stream_id, amount, fee, message FROM stream_tips")
+    assert [tuple(r) for r in rows] == [(uuid.UUID(tip_id), uuid.UUID(stream["id"]), 100, 20, "bravo")]
+    totals = {str(r["id"]): r["total_tokens_received"] for r in await db.fetch(
+        "SELECT id, total_tokens_received FROM streams")}
+    assert totals == {stream["id"]: 100, elsewhere["id"]: 0}
+    for s in (sock, rival_sock):
+        await s.close()
+
+
+async def test_a_retry_of_an_applied_tip_completes_it_after_its_stream_ended(socket_client: MakeClient) -> None:
+    """The process died after the ledger moved the tip; before the client's retry the host ended the
+    stream (or became unable to take tips, or the tipper fell into debt). The retry is not refused:
+    the tokens moved, so refusing would tell the tipper no while its tokens are gone, and the stream
+    would lack the record for good. It completes the record; a new tip there is still refused."""
+    client = await socket_client()
+    app = client.app
+    host, fan = await make_user(app, role="performer"), await make_user(app)
+    await fund(app, fan.id, 500)
+    stream = await _live(client, host)
+    tip_id = uuid.uuid4()
+    outcome = await transfer_tip(app[money.LEDGER], app[money.ACCOUNTS], tip_id=tip_id, sender=fan.id,
+                                 recipient=host.id, amount=50, fee_bps=app[keys.SETTINGS].tip_fee_bps,
+                                 metadata={"message": "hi", "stream": stream["id"]})
+    assert outcome.result is Result.OK
+    assert (await client.post(f"/v1/streams/{stream['id']}/end", headers=host.headers)).status == 200
+    db = app[keys.DB]
+    await db.execute("INSERT INTO wallet_debts (user_id, owed) VALUES ($1, 7)", fan.id)
+    body = {"to_user_id": str(host.id), "amount": 50, "message": "hi", "stream_id": stream["id"], "id": str(tip_id)}
+    resp = await client.post("/v1/wallet/transfer", json=body, headers=fan.headers)
+    data = (await resp.json())["data"]
+    assert resp.status == 200 and data["replayed"] is True and data["stream_total"] == 50, data
+    fresh = await client.post("/v1/wallet/transfer", json={**body, "id": _tid()}, headers=fan.headers)
+    assert fresh.status == 409 and (await fresh.json())["error"]["code"] == "CONFLICT"
+    changed = await client.post("/v1/wallet/transfer", json={**body, "amount": 51}, headers=fan.headers)
+    assert changed.status == 409 and (await changed.json())["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert await available(app, fan.id) == 450
+    assert await db.fetchval("SELECT amount FROM stream_tips WHERE tip_id = $1", tip_id) == 50
+    report = await tips_audit.audit(db, settle_s=0)
+    assert all(c.ok for c in report), report

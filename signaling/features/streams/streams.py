@@ -19,6 +19,7 @@ from aiohttp import web
 from server.kernel import keys
 from server.kernel.errors import ApiError, ErrorCode, forbidden, not_found
 from server.kernel.identity import Identity
+from server.kernel.settings import Settings
 from signaling.core import keys as socket_keys
 from signaling.features.rooms import access as rooms
 from signaling.features.rooms.access import Access
@@ -183,29 +184,42 @@ async def _load(app: web.Application, stream_id: uuid.UUID, identity: Identity |
 
 async def create_stream(app: web.Application, host: Identity, *, title: str, description: str = "",
                         category: str | None = None, tags: Sequence[str] = (),
-                        access: Access = "public") -> dict[str, Any]:
+                        access: Access = "public", stream_id: uuid.UUID | None = None) -> dict[str, Any]:
     """A new stream of `host` (and its room); fields per `checked_fields`, at most
-    `streams_open_max_per_host` not yet ended (CONFLICT beyond)."""
+    `streams_open_max_per_host` not yet ended (CONFLICT beyond).
+
+    `stream_id` (a keyed request's, derived from its key): when `host` already has that stream,
+    an earlier run of the same request made it and died before answering; it is the answer.
+    """
     fields = checked_fields({"title": title, "description": description, "category": category,
                              "tags": list(tags), "access": access})
     settings = app[keys.SETTINGS]
-    stream_id = uuid.uuid4()
+    stream_id = stream_id or uuid.uuid4()
     async with app[keys.DB].acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", _HOST_LOCK_NS, host.user_id)
-        open_count = await conn.fetchval(
-            "SELECT count(*) FROM streams WHERE host_id = $1 AND status <> 'ended'", host.user_id)
-        if open_count >= settings.streams_open_max_per_host:
-            raise ApiError(ErrorCode.CONFLICT, f"end one of your {open_count} open streams before creating another",
-                           details={"limit": settings.streams_open_max_per_host})
-        await conn.execute(
-            """INSERT INTO streams (id, host_id, title, description, category, tags, access)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-            stream_id, host.user_id, fields["title"], fields["description"], fields["category"], fields["tags"],
-            fields["access"])
-        await rooms.create_room(conn, "stream", stream_id, host.user_id, fields["access"])
-        row = await conn.fetchrow(_SELECT + " WHERE s.id = $1", stream_id)
-    assert row is not None
+        row = await conn.fetchrow(_SELECT + " WHERE s.id = $1 AND s.host_id = $2", stream_id, host.user_id)
+        if row is None:
+            row = await _insert(conn, settings, host, stream_id, fields)
     return await _shape(app, row)
+
+
+async def _insert(conn: asyncpg.Connection, settings: Settings, host: Identity, stream_id: uuid.UUID,
+                  fields: dict[str, Any]) -> asyncpg.Record:
+    """The stream row and its room, under the host's lock (the caller's transaction)."""
+    open_count = await conn.fetchval(
+        "SELECT count(*) FROM streams WHERE host_id = $1 AND status <> 'ended'", host.user_id)
+    if open_count >= settings.streams_open_max_per_host:
+        raise ApiError(ErrorCode.CONFLICT, f"end one of your {open_count} open streams before creating another",
+                       details={"limit": settings.streams_open_max_per_host})
+    await conn.execute(
+        """INSERT INTO streams (id, host_id, title, description, category, tags, access)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        stream_id, host.user_id, fields["title"], fields["description"], fields["category"], fields["tags"],
+        fields["access"])
+    await rooms.create_room(conn, "stream", stream_id, host.user_id, fields["access"])
+    row = await conn.fetchrow(_SELECT + " WHERE s.id = $1", stream_id)
+    assert row is not None
+    return row
 
 
 async def get_stream(app: web.Application, stream_id: uuid.UUID, identity: Identity | None) -> dict[str, Any]:

@@ -15,7 +15,9 @@ the ledger committed but before the record or the broadcast, the client's retry 
 (after its reconnect) completes them. `stream_tips.broadcast_at` remembers that the event went
 out, so a later retry publishes nothing new; between publish and that mark, the broker's
 idempotency key (kept 300 s) stops a duplicate. A tip whose client never retries after such a
-crash keeps its money movement (ledger) but lacks its stream record and broadcast.
+crash keeps its money movement (ledger) but lacks its stream record and broadcast. A retry of a
+tip the ledger holds is not refused for what changed since it was accepted (the stream ended, the
+tipper was banned or owes, the performer stopped taking tips): it completes the record instead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import asyncpg
 from aiohttp import web
 
 from ledger import Result
-from ledger.flows.tips import transfer_tip
+from ledger.flows.tips import tip_applied, transfer_tip
 from server.commerce import keys as money
 from server.commerce.ledger_errors import ledger_call, ledger_error
 from server.kernel import keys
@@ -63,6 +65,18 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
                        f"message is longer than {settings.tip_message_max_chars} characters",
                        details={"field": "message", "max_chars": settings.tip_message_max_chars})
     db = app[keys.DB]
+    applied: list[bool] = []  # asked once, and only when a refusal below would apply
+
+    async def refuse_unless_applied(refusal: ApiError) -> None:
+        """Refuse, unless the ledger already moved this tip: then this is the retry of a tip accepted
+        before (its process died before answering) and it goes on to be completed, whatever changed
+        since (the stream ended, the tipper got banned or owes): a refusal would answer no while the
+        tokens are gone, and the stream would lack the tip's record for good."""
+        if not applied:
+            applied.append(await tip_applied(db, tip_id))
+        if not applied[0]:
+            raise refusal
+
     if stream_id is not None:
         room = streams.room_of(stream_id)
         if grant is None:
@@ -76,12 +90,16 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
         if to_user_id is not None and to_user_id != stream["host_id"]:
             raise ApiError(ErrorCode.CONFLICT, "to_user_id is not this stream's host", details={"field": "to_user_id"})
         if stream["status"] != "live":
-            raise ApiError(ErrorCode.CONFLICT, "tips go to live streams", details={"status": stream["status"]})
+            await refuse_unless_applied(
+                ApiError(ErrorCode.CONFLICT, "tips go to live streams", details={"status": stream["status"]}))
         to_user_id = stream["host_id"]
         if grant is None:
-            grant = await rooms.authorize_join(app, sender, room)
-        if not grant.can_tip and to_user_id != sender.user_id:
-            raise forbidden("you may not tip in this room")
+            try:
+                grant = await rooms.authorize_join(app, sender, room)
+            except ApiError as exc:
+                await refuse_unless_applied(exc)
+        if grant is not None and not grant.can_tip and to_user_id != sender.user_id:
+            await refuse_unless_applied(forbidden("you may not tip in this room"))
     if to_user_id is None:
         raise ApiError(ErrorCode.VALIDATION_ERROR, "name the performer (to_user_id) or the stream",
                        details={"field": "to_user_id"})
@@ -99,12 +117,13 @@ async def send_tip(app: web.Application, sender: Identity, *, tip_id: uuid.UUID,
     if recipient is None:
         raise not_found("user")
     if recipient["role"] != "performer" or recipient["status"] != "active":
-        raise ApiError(ErrorCode.CONFLICT, "this user cannot receive tips", details={"field": "to_user_id"})
+        await refuse_unless_applied(ApiError(ErrorCode.CONFLICT, "this user cannot receive tips",
+                                             details={"field": "to_user_id"}))
     owed = people[sender.user_id]["owed"]
     if owed:
-        raise ApiError(ErrorCode.WALLET_RESTRICTED,
-                       "your wallet owes tokens from a reversed purchase; buy tokens to settle it",
-                       details={"owed_tokens": owed})
+        await refuse_unless_applied(ApiError(
+            ErrorCode.WALLET_RESTRICTED, "your wallet owes tokens from a reversed purchase; buy tokens to settle it",
+            details={"owed_tokens": owed}))
     recorder = app[TIPS]
     if stream_id is not None and not recorder.has_room():
         raise ApiError(ErrorCode.OVERLOADED, "too many tips in flight; retry shortly with the same id")
