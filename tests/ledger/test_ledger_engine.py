@@ -35,15 +35,11 @@ from tests.support.ledger_support import (
     fund,
     fund_all,
     move,
+    results,
     start_engine,
     wait_for_lock_wait,
     wallets,
 )
-
-
-async def results(engine: Engine, *transfers: Transfer) -> list[Result]:
-    return [o.result for o in await engine.submit(list(transfers))]
-
 
 # --- batching and idempotency ------------------------------------------------------------
 

@@ -120,3 +120,8 @@ async def wait_for_lock_wait(db: asyncpg.Connection) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the writer never waited on the lock")
+
+
+async def results(engine: Engine, *transfers: Transfer) -> list[Result]:
+    """Submit `transfers` as one submission; their results in order."""
+    return [o.result for o in await engine.submit(list(transfers))]
