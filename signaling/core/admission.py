@@ -31,14 +31,12 @@ class Admission:
     def __init__(self, presence: Presence, settings: Settings) -> None:
         self._presence = presence
         self._settings = settings
-        self.open = 0  # sockets attached on this node
         self.by_user: dict[uuid.UUID, set[Connection]] = {}
         self.guests_by_ip: dict[str, set[Connection]] = {}
 
-    @property
-    def full(self) -> bool:
-        """The node holds `ws_max_conns_per_node` sockets already: refuse the next upgrade."""
-        return self.open >= self._settings.ws_max_conns_per_node
+    def full(self, open_sockets: int) -> bool:
+        """A node holding `open_sockets` has reached `ws_max_conns_per_node`: refuse the next upgrade."""
+        return open_sockets >= self._settings.ws_max_conns_per_node
 
     def sockets_of(self, user_id: uuid.UUID) -> set[Connection]:
         """This node's sockets signed in as the user."""

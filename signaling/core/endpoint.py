@@ -71,7 +71,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     settings = app[keys.SETTINGS]
     hub = app[socket_keys.HUB]
-    if hub.admission.full:
+    if hub.full:
         raise ApiError(ErrorCode.UNAVAILABLE, "this node holds as many sockets as it may; connect again shortly",
                        details={"limit": settings.ws_max_conns_per_node}, headers={"Retry-After": "1"})
     # No compression: frames are built once and written as raw bytes to every member. Strict: an

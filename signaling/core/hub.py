@@ -112,17 +112,19 @@ class Hub:
 
     def attach(self, conn: Connection) -> None:
         self.connections[conn.conn_id] = conn
-        self.admission.open += 1
         if self.metrics is not None:
             self.metrics.ws_opened()
+
+    @property
+    def full(self) -> bool:
+        """This node holds as many sockets as it may (`admission.Admission.full`)."""
+        return self.admission.full(len(self.connections))
 
     async def detach(self, conn: Connection) -> None:
         """The socket is gone: leave every room, stop counting it, let features free what it held."""
         if self.connections.pop(conn.conn_id, None) is None:
             return
         conn.detached = True
-        self.admission.open -= 1
-        assert self.admission.open >= 0, "detach without attach"
         if self.metrics is not None:
             self.metrics.ws_closed()
         await self.admission.release(conn)
