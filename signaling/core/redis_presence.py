@@ -19,8 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -37,7 +36,6 @@ HMGET_CHUNK = 1000  # Lua's unpack() has a small stack limit
 COUNTS_CHUNK = 500  # channels per pipelined round trip in counts_many
 CLOSE_WAIT_S = 5.0  # bound on waiting for an in-flight heartbeat at close
 REDIS_DOWN = (RedisError, OSError)  # the breaker's BreakerOpen is a ConnectionError, so among them
-T = TypeVar("T")
 
 
 _NOW_MS = """
@@ -166,8 +164,9 @@ class RedisPresence:
         previous = room.get(client_id)
         room[client_id] = entry
         try:
-            return int(await self._write(lambda: self._add(keys=_keys(channel),
-                                                           args=[self._ttl_ms, client_id, *entry]))) == 1
+            return int(await self._breaker.run(lambda: self._add(keys=_keys(channel),
+                                                                 args=[self._ttl_ms, client_id, *entry]),
+                                               REDIS_DOWN)) == 1
         except BaseException:
             # The caller sees a failure, so a later heartbeat must not list the client either.
             if previous is None:
@@ -180,7 +179,8 @@ class RedisPresence:
         self._forget(channel, client_id)
         if self._removed_in_tick is not None:
             self._removed_in_tick.add((channel, client_id))
-        return int(await self._write(lambda: self._remove(keys=_keys(channel), args=[client_id]))) == 1
+        return int(await self._breaker.run(lambda: self._remove(keys=_keys(channel), args=[client_id]),
+                                           REDIS_DOWN)) == 1
 
     async def members(self, channel: str, limit: int) -> dict[str, Info]:
         if limit <= 0:
@@ -213,9 +213,6 @@ class RedisPresence:
     def _local_members(self, channel: str, limit: int) -> dict[str, Info]:
         room = self._local.get(channel, {})
         return {cid: orjson.loads(info) for cid, (_, info) in list(room.items())[:limit]}
-
-    async def _write(self, command: Callable[[], Awaitable[T]]) -> T:
-        return await self._breaker.run(command, REDIS_DOWN)
 
     async def _counts_many(self, channels: list[str]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
